@@ -1,0 +1,126 @@
+"""Pure-torch attention over the paged KV pool; runs on any device and is the correctness oracle.
+
+Extend: one SDPA call per request (queries = its new tokens, keys = its whole KV row), causal
+with the cached prefix offset. Decode: one batched SDPA call over KV gathered into a padded
+``[B, max_len]`` block (padding reads the zeroed slot 0 and is masked out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from radixlm.attention.base import AttentionBackend, AttentionLayerSpec
+from radixlm.engine.forward_batch import ForwardBatch
+
+
+@dataclass
+class _ExtendMeta:
+    starts: list[int]  # offset of each request's new tokens in the token-major batch
+    slots: list[
+        torch.Tensor | None
+    ]  # KV row [seq_len] per request (None: no prefix, use fresh k/v)
+    masks: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _DecodeMeta:
+    gather: torch.Tensor  # [B, L] int64 slot ids (0 = padding)
+    key_pos: torch.Tensor  # [1, L] int64 key positions
+    seq_lens: torch.Tensor  # [B, 1] int64
+    masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
+
+
+class TorchNativeBackend(AttentionBackend):
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def init_forward_metadata(self, fb: ForwardBatch) -> None:
+        rows = fb.req_to_token_pool
+        if fb.mode.is_extend():
+            starts, slots, offset = [], [], 0
+            for i, (prefix, ext) in enumerate(
+                zip(fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu)
+            ):
+                starts.append(offset)
+                offset += ext
+                row = int(fb.req_pool_indices[i])
+                slots.append(rows.read(row, prefix + ext) if prefix > 0 else None)
+            fb.attn_metadata = _ExtendMeta(starts, slots)
+        else:
+            max_len = max(fb.seq_lens_cpu)
+            table = rows.req_to_token[fb.req_pool_indices, :max_len].long()  # [B, L]
+            key_pos = torch.arange(max_len, device=table.device).unsqueeze(0)
+            seq_lens = fb.seq_lens.view(-1, 1)
+            gather = torch.where(key_pos < seq_lens, table, torch.zeros_like(table))
+            fb.attn_metadata = _DecodeMeta(gather, key_pos, seq_lens)
+
+    def forward_extend(self, q, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
+        meta: _ExtendMeta = fb.attn_metadata
+        out = torch.empty(
+            q.shape[0], layer.num_heads * layer.head_dim, dtype=q.dtype, device=q.device
+        )
+        k_buf, v_buf = fb.kv_pool.k_buffers[layer.layer_id], fb.kv_pool.v_buffers[layer.layer_id]
+        window = layer.sliding_window
+        for i, (prefix, ext) in enumerate(zip(fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu)):
+            s = meta.starts[i]
+            qi = q[s : s + ext].transpose(0, 1).unsqueeze(0)  # [1, H, E, D]
+            if meta.slots[i] is None:
+                ki, vi = k[s : s + ext], v[s : s + ext]  # no prefix: keys are the new tokens
+            else:
+                ki, vi = k_buf[meta.slots[i]], v_buf[meta.slots[i]]  # [S, KVH, D]
+            ki = ki.transpose(0, 1).unsqueeze(0).to(q.dtype)  # [1, KVH, S, D]
+            vi = vi.transpose(0, 1).unsqueeze(0).to(q.dtype)
+            if prefix == 0 and window is None:
+                o = F.scaled_dot_product_attention(
+                    qi, ki, vi, is_causal=True, scale=layer.scaling, enable_gqa=True
+                )
+            else:
+                mask = self._extend_mask(meta, i, prefix, ext, window, q.device)
+                o = F.scaled_dot_product_attention(
+                    qi, ki, vi, attn_mask=mask, scale=layer.scaling, enable_gqa=True
+                )
+            out[s : s + ext] = o[0].transpose(0, 1).reshape(ext, -1)
+        return out
+
+    @staticmethod
+    def _extend_mask(meta: _ExtendMeta, i: int, prefix: int, ext: int, window: int | None, device):
+        key = (i, window)
+        if key not in meta.masks:
+            q_pos = torch.arange(prefix, prefix + ext, device=device).unsqueeze(1)  # [E, 1]
+            k_pos = torch.arange(prefix + ext, device=device).unsqueeze(0)  # [1, S]
+            mask = k_pos <= q_pos
+            if window is not None:
+                mask &= k_pos > q_pos - window
+            meta.masks[key] = mask
+        return meta.masks[key]
+
+    def forward_decode(self, q, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
+        meta: _DecodeMeta = fb.attn_metadata
+        bs = q.shape[0]
+        group = layer.num_heads // layer.num_kv_heads
+        k_buf, v_buf = fb.kv_pool.k_buffers[layer.layer_id], fb.kv_pool.v_buffers[layer.layer_id]
+        # Query heads of one KV head are contiguous, so [B, H, D] -> [B, KVH, G, D] needs no copy
+        # of K/V per query head: the G queries of a group act as G rows against one key set.
+        qg = q.view(bs, layer.num_kv_heads, group, layer.head_dim)
+        keys = k_buf[meta.gather].transpose(1, 2).to(q.dtype)  # [B, KVH, L, D]
+        values = v_buf[meta.gather].transpose(1, 2).to(q.dtype)
+        o = F.scaled_dot_product_attention(
+            qg,
+            keys,
+            values,
+            attn_mask=self._decode_mask(meta, layer.sliding_window),
+            scale=layer.scaling,
+        )  # [B, KVH, G, D]
+        return o.reshape(bs, layer.num_heads * layer.head_dim)
+
+    @staticmethod
+    def _decode_mask(meta: _DecodeMeta, window: int | None) -> torch.Tensor:
+        if window not in meta.masks:
+            mask = meta.key_pos < meta.seq_lens  # [B, L]
+            if window is not None:
+                mask &= meta.key_pos >= meta.seq_lens - window
+            meta.masks[window] = mask[:, None, None, :]  # [B, 1, 1, L]
+        return meta.masks[window]

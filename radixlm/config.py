@@ -1,0 +1,153 @@
+"""Engine / server options: one frozen dataclass shared by ``Engine(**options)`` and the CLI.
+
+Every field is a server flag in snake_case (``--max-total-tokens`` ↔ ``max_total_tokens``) with
+its help text in the field metadata, so the CLI parser is generated from this class. Values that
+depend only on the options are derived once in :meth:`EngineConfig.resolve`; values that depend
+on the loaded model (context length, KV pool size) are derived by the model runner and reported
+in :class:`radixlm.engine.model_runner.PoolLimits`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from radixlm.errors import ConfigError
+
+BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "stories260K")
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULE_POLICIES = ("lpm", "fcfs", "lof", "random", "dfs-weight")
+ATTENTION_BACKENDS = ("auto", "torch_native")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """All runtime options. Build with :meth:`from_options`; never mutate (use ``replace``)."""
+
+    model_path: str | None = _opt(
+        None, "HF checkpoint directory; default: the bundled stories260K demo model"
+    )
+    tokenizer_path: str | None = _opt(None, "tokenizer directory; default: model_path")
+    dtype: str = _opt(
+        "auto", "weight/activation dtype; auto = checkpoint dtype (fp32 → bf16 on CUDA)", DTYPES
+    )
+    device: str = _opt("auto", "device to run on; auto = cuda if available else cpu", DEVICES)
+    attention_backend: str = _opt("auto", "attention kernels", ATTENTION_BACKENDS)
+    context_length: int | None = _opt(
+        None, "max tokens per request (prompt + output); default: from config.json"
+    )
+    max_total_tokens: int | None = _opt(
+        None, "KV pool size in tokens; default: from the memory budget"
+    )
+    mem_fraction_static: float | None = _opt(
+        None,
+        "share of device memory (RAM on CPU) for weights + KV pool; default 0.85 on CUDA, 0.2 on CPU",
+    )
+    max_running_requests: int | None = _opt(
+        None, "max requests decoding at once; default: derived from the pool"
+    )
+    max_prefill_tokens: int = _opt(16384, "max new prompt tokens in one prefill batch")
+    chunked_prefill_size: int = _opt(
+        4096, "split prompts longer than this over several steps; -1 disables"
+    )
+    schedule_policy: str = _opt("lpm", "waiting-queue order", SCHEDULE_POLICIES)
+    schedule_conservativeness: float = _opt(
+        1.0, "scales the reserved decode room; >1 retracts less, admits less"
+    )
+    disable_radix_cache: bool = _opt(False, "never share KV between requests")
+    stream_interval: int = _opt(1, "emit streamed output every N decode steps")
+    random_seed: int = _opt(0, "seed of the sampler for requests without sampling_seed")
+    skip_tokenizer_init: bool = _opt(False, "do not load a tokenizer; requests must pass input_ids")
+    num_threads: int | None = _opt(None, "torch CPU threads; default: torch's choice")
+    log_level: str = _opt(
+        "info", "logging level of entry points", ("debug", "info", "warning", "error")
+    )
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_options(cls, **options: Any) -> EngineConfig:
+        """Build a resolved config; unknown options raise :class:`ConfigError` listing valid ones."""
+        valid = set(cls.field_names())
+        unknown = sorted(k for k in options if k not in valid)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {unknown}; valid options are: {', '.join(sorted(valid))}"
+            )
+        return cls(**options).resolve()
+
+    def replace(self, **changes: Any) -> EngineConfig:
+        return dataclasses.replace(self, **changes).resolve()
+
+    def resolve(self) -> EngineConfig:
+        """Validate every field and derive option-only defaults. Idempotent."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}={value!r} is invalid; choose one of {list(choices)}")
+        for name in ("max_total_tokens", "max_running_requests", "context_length", "num_threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_prefill_tokens < 1:
+            raise ConfigError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
+        if self.chunked_prefill_size != -1 and self.chunked_prefill_size < 1:
+            raise ConfigError("chunked_prefill_size must be >= 1, or -1 to disable chunking")
+        if self.stream_interval < 1:
+            raise ConfigError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        if self.schedule_conservativeness <= 0:
+            raise ConfigError("schedule_conservativeness must be > 0")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
+            raise ConfigError(
+                f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}"
+            )
+
+        changes: dict[str, Any] = {}
+        if self.model_path is None:
+            changes["model_path"] = BUNDLED_MODEL
+        model_path = changes.get("model_path", self.model_path)
+        if not os.path.isdir(model_path):
+            raise ConfigError(
+                f"model_path {model_path!r} is not a directory; pass a local Hugging Face checkpoint "
+                "(config.json + *.safetensors), or omit it to use the bundled demo model"
+            )
+        if self.tokenizer_path is None:
+            changes["tokenizer_path"] = model_path
+        if self.device == "auto":
+            changes["device"] = _default_device()
+        device = changes.get("device", self.device)
+        if device == "cuda" and not _cuda_available():
+            raise ConfigError("device='cuda' requested but torch.cuda.is_available() is False")
+        if self.attention_backend == "auto":
+            changes["attention_backend"] = "torch_native"
+        if self.mem_fraction_static is None:
+            changes["mem_fraction_static"] = 0.85 if device == "cuda" else 0.2
+        if self.chunked_prefill_size != -1 and self.chunked_prefill_size > self.max_prefill_tokens:
+            changes["max_prefill_tokens"] = self.chunked_prefill_size
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @property
+    def chunk_size(self) -> int | None:
+        """Chunked prefill size, or None when chunking is disabled."""
+        return None if self.chunked_prefill_size == -1 else self.chunked_prefill_size
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _default_device() -> str:
+    return "cuda" if _cuda_available() else "cpu"

@@ -1,0 +1,1 @@
+"""Model execution: forward-batch tensors, the model runner, the sampler."""

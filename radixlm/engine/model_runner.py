@@ -1,0 +1,159 @@
+"""``ModelRunner``: owns the model, the KV memory and the attention backend; runs one step.
+
+Sizing (logged once at start-up): the KV pool holds ``max_total_tokens`` tokens, either as
+configured or ``mem_fraction_static × device memory − weights`` divided by the per-token KV
+bytes, capped at ``max_running_requests × context_len`` (more could never be used).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from radixlm.attention import create_attention_backend
+from radixlm.config import EngineConfig
+from radixlm.engine.forward_batch import ForwardBatch
+from radixlm.errors import ConfigError
+from radixlm.mem.kv_pool import TokenToKVPool
+from radixlm.mem.req_to_token import ReqToTokenPool
+from radixlm.models.loader import load_model
+from radixlm.models.model_config import ModelConfig, load_model_config
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Rows of logits materialised at once: bounds memory for long prompt-logprob requests.
+LOGITS_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """Capacities derived from the model and the memory budget."""
+
+    max_total_tokens: int  # KV pool slots (excluding the padding slot)
+    max_running_requests: int
+    context_len: int  # model positions available to one request
+    max_req_len: int  # prompt + output tokens one request may reach (fits in the pool alone)
+    kv_bytes_per_token: int
+    weight_bytes: int
+
+
+def resolve_dtype(name: str, checkpoint_dtype: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    dtype = _DTYPES.get(checkpoint_dtype.replace("torch.", ""), torch.float32)
+    if device.type == "cuda" and dtype == torch.float32:
+        return torch.bfloat16
+    return dtype
+
+
+def _device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.model_config: ModelConfig = load_model_config(config.model_path)
+        mc = self.model_config
+        self.dtype = resolve_dtype(config.dtype, mc.checkpoint_dtype, self.device)
+        context_len = config.context_length or mc.max_position_embeddings
+        self.model = load_model(mc, config.model_path, self.dtype, self.device, context_len)
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.limits = self._size_pools(context_len, weight_bytes)
+        lim = self.limits
+        self.req_to_token_pool = ReqToTokenPool(
+            lim.max_running_requests, lim.max_req_len, self.device
+        )
+        self.kv_pool = TokenToKVPool(
+            lim.max_total_tokens,
+            mc.num_layers,
+            mc.num_kv_heads,
+            mc.head_dim,
+            self.dtype,
+            self.device,
+        )
+        self.attn_backend = create_attention_backend(config.attention_backend)
+        logger.info(
+            "model %s loaded: %s, %.1f MB weights, dtype %s, device %s",
+            mc.architecture,
+            config.model_path,
+            weight_bytes / 2**20,
+            str(self.dtype).replace("torch.", ""),
+            self.device,
+        )
+        logger.info(
+            "KV pool: %d tokens (%.1f MB), max_running_requests %d, context %d",
+            lim.max_total_tokens,
+            lim.max_total_tokens * lim.kv_bytes_per_token / 2**20,
+            lim.max_running_requests,
+            lim.max_req_len,
+        )
+
+    def _size_pools(self, context_len: int, weight_bytes: int) -> PoolLimits:
+        mc, cfg = self.model_config, self.config
+        per_token = TokenToKVPool.bytes_per_token(
+            mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype
+        )
+        default_running = 2048 if self.device.type == "cuda" else 256
+        running_cap = cfg.max_running_requests or default_running
+        if cfg.max_total_tokens is not None:
+            total = cfg.max_total_tokens
+        else:
+            budget = _device_memory(self.device) * cfg.mem_fraction_static - weight_bytes
+            if budget <= per_token * 16:
+                raise ConfigError(
+                    f"mem_fraction_static={cfg.mem_fraction_static} leaves no room for the KV pool "
+                    f"after {weight_bytes / 2**20:.0f} MB of weights; raise it or set max_total_tokens"
+                )
+            total = min(int(budget // per_token), running_cap * context_len)
+        if total < 2:
+            raise ConfigError(f"max_total_tokens must be at least 2, got {total}")
+        running = cfg.max_running_requests or max(1, min(default_running, total // 2))
+        return PoolLimits(
+            max_total_tokens=total,
+            max_running_requests=running,
+            context_len=context_len,
+            max_req_len=min(context_len, total),
+            kv_bytes_per_token=per_token,
+            weight_bytes=weight_bytes,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model_config.vocab_size
+
+    @torch.inference_mode()
+    def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        """Run the model on ``fb``; writes the new KV and returns hidden states ``[T, hidden]``."""
+        self.attn_backend.init_forward_metadata(fb)
+        return self.model(fb, self.attn_backend)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def token_logprobs(
+        self, hidden: torch.Tensor, targets: torch.Tensor, top_k: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Logprob of ``targets[i]`` given row ``hidden[i]`` (+ top-k), in bounded-size chunks."""
+        vals, top_v, top_i = [], [], []
+        for s in range(0, hidden.shape[0], LOGITS_CHUNK):
+            lp = torch.log_softmax(self.compute_logits(hidden[s : s + LOGITS_CHUNK]), dim=-1)
+            vals.append(lp.gather(1, targets[s : s + LOGITS_CHUNK, None]).squeeze(1))
+            if top_k > 0:
+                v, i = lp.topk(min(top_k, lp.shape[1]), dim=-1)
+                top_v.append(v)
+                top_i.append(i)
+        if top_k > 0:
+            return torch.cat(vals), torch.cat(top_v), torch.cat(top_i)
+        return torch.cat(vals), None, None

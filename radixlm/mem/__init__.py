@@ -1,0 +1,1 @@
+"""KV memory: request→token table, per-layer KV pool with its slot allocator, prefix caches."""

@@ -1,0 +1,1 @@
+"""Request scheduling: requests, batches, admission policy and the step loop."""

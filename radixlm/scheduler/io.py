@@ -1,0 +1,58 @@
+"""Messages between the front end (Engine / tokenizer manager) and the scheduler.
+
+Plain picklable dataclasses: the same objects cross a ZMQ socket once the scheduler runs in
+its own process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixlm.sampling_params import SamplingParams
+
+# (logprob, token_id) pairs; text is attached by the front end when asked for.
+TopLogprobs = list[tuple[float, int]]
+
+
+@dataclass
+class TokenizedRequest:
+    rid: str
+    input_ids: list[int]
+    sampling: SamplingParams
+    stream: bool = False
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    seed_offset: int = 0  # i-th of n parallel samples draws with sampling_seed + i
+
+
+@dataclass
+class AbortRequest:
+    rid: str
+    message: str = "aborted by request"
+
+
+@dataclass
+class ReqOutput:
+    """What happened to one request since its previous ReqOutput.
+
+    ``new_token_ids`` and the ``output_*`` logprob lists are deltas. Input logprobs are sent
+    once, in the first output after the prompt has been processed.
+    """
+
+    rid: str
+    new_token_ids: list[int]
+    finished_reason: dict[str, Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    input_token_logprobs: list[float | None] | None = None
+    input_top_logprobs: list[TopLogprobs | None] | None = None
+    output_token_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    num_retractions: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None

@@ -1,0 +1,143 @@
+"""``Req``: the scheduler's state of one generation request.
+
+Token bookkeeping: ``fill_ids = origin_input_ids + output_ids``. ``kv_len`` tokens of
+``fill_ids`` have KV in the pool (row ``req_pool_idx``); while decoding,
+``kv_len == len(fill_ids) - 1`` (the newest token's KV is computed by the next step).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from radixlm.sampling_params import SamplingParams
+
+
+@dataclass
+class FinishReason:
+    type: str  # "stop" | "length" | "abort"
+    matched: int | str | None = None
+    length: int | None = None
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == "stop":
+            out["matched"] = self.matched
+        elif self.type == "length":
+            out["length"] = self.length
+        elif self.type == "abort":
+            out["message"] = self.message
+        return out
+
+
+@dataclass(eq=False)
+class Req:
+    rid: str
+    origin_input_ids: list[int]
+    sampling: SamplingParams
+    max_new_tokens: int  # sampling.max_new_tokens capped by the context length
+    stop_ids: tuple[int, ...]  # EOS ids (unless ignore_eos) + stop_token_ids
+    stream: bool = False
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # -1: no prompt logprobs
+    top_logprobs_num: int = 0
+    seed_offset: int = 0
+    arrival: float = field(default_factory=time.monotonic)
+    created_at: float = field(default_factory=time.time)
+
+    output_ids: list[int] = field(default_factory=list)
+    finished_reason: FinishReason | None = None
+    to_abort: str | None = None  # abort message, applied at the next step
+
+    # Memory (see module docstring and mem/cache.py).
+    req_pool_idx: int | None = None
+    kv_len: int = 0
+    cache_protected_len: int = 0
+    last_node: Any = None
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
+    admitted_once: bool = False
+    num_retractions: int = 0
+
+    # This round's extend (set by the scheduler when admitting).
+    extend_len: int = 0
+    is_chunked: bool = False  # True while the extend round does not reach the end of fill_ids
+
+    # Logprobs. Input entries: one per prompt token from logprob_start_len (first is None).
+    input_logprobs_done: bool = False
+    input_token_logprobs: list[float | None] = field(default_factory=list)
+    input_top_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
+    output_token_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+
+    # Penalty state, created lazily when the request uses penalties.
+    output_counts: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
+
+    # Streaming cursor: how much has been reported already.
+    sent_output_len: int = 0
+    sent_input_logprobs: bool = False
+    decode_steps_since_sent: int = 0
+
+    # Stop-string detection state (incremental detokenizer), created lazily.
+    stop_detok: Any = None
+
+    @property
+    def fill_ids(self) -> list[int]:
+        return self.origin_input_ids + self.output_ids
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.origin_input_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    @property
+    def wants_input_logprobs(self) -> bool:
+        return self.return_logprob and self.logprob_start_len >= 0 and not self.input_logprobs_done
+
+    def max_cacheable_prefix(self) -> int:
+        """How many leading fill tokens may come from the cache this round.
+
+        At least one token is always recomputed (its logits feed the sampler); prompt positions
+        whose logprobs are still owed must be recomputed as well.
+        """
+        limit = len(self.fill_ids) - 1
+        if self.wants_input_logprobs:
+            limit = min(limit, max(self.logprob_start_len, 1) - 1)
+        return max(limit, 0)
+
+    def remaining_new_tokens(self) -> int:
+        return self.max_new_tokens - len(self.output_ids)
+
+    def init_penalty_state(self, vocab_size: int, device: torch.device) -> None:
+        if self.output_counts is not None or not self.sampling.has_penalties:
+            return
+        self.output_counts = torch.zeros(vocab_size, dtype=torch.int32, device=device)
+        self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        ids = torch.tensor(self.fill_ids, dtype=torch.int64, device=device)
+        self.seen[ids] = True
+        if self.output_ids:
+            out = torch.tensor(self.output_ids, dtype=torch.int64, device=device)
+            self.output_counts.index_add_(0, out, torch.ones_like(out, dtype=torch.int32))
+
+    def append_token(self, token: int) -> None:
+        self.output_ids.append(token)
+        if self.output_counts is not None:
+            self.output_counts[token] += 1
+            self.seen[token] = True
+
+    def reset_for_retract(self) -> None:
+        """Back to the waiting queue: keep outputs, forget memory (re-prefilled later)."""
+        self.req_pool_idx = None
+        self.kv_len = 0
+        self.cache_protected_len = 0
+        self.last_node = None
+        self.extend_len = 0
+        self.is_chunked = False
+        self.num_retractions += 1

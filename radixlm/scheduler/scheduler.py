@@ -1,0 +1,495 @@
+"""The scheduler: continuous batching over one ``ModelRunner``, driven by ``step()``.
+
+Each step: apply aborts → pick a batch (a prefill batch has priority; otherwise one decode
+token for every running request, retracting requests if the KV pool is short) → run the model
+→ sample → append tokens, check stop conditions, release finished requests → return the
+``ReqOutput``s produced by this step.
+
+Guarantees: every submitted request ends with exactly one finished ``ReqOutput`` (stop, length
+or abort); a request is never dropped for lack of memory (it is retracted and re-run later,
+producing the same tokens); when no request is live, every KV slot and request row is free
+(``check_memory_invariants``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import torch
+
+from radixlm.config import EngineConfig
+from radixlm.engine.forward_batch import ForwardMode
+from radixlm.engine.model_runner import ModelRunner
+from radixlm.engine.sampler import Sampler, SamplingRow
+from radixlm.errors import RequestError
+from radixlm.mem.cache import create_prefix_cache
+from radixlm.scheduler.batch import ScheduleBatch, plan_decode_logits, plan_extend_logits
+from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
+from radixlm.scheduler.policy import (
+    CLIP_MAX_NEW_TOKENS,
+    INIT_NEW_TOKEN_RATIO,
+    MIN_NEW_TOKEN_RATIO_FACTOR,
+    NEW_TOKEN_RATIO_DECAY_STEPS,
+    RETRACT_DECODE_STEPS,
+    PrefillAdder,
+    order_waiting_queue,
+)
+from radixlm.scheduler.req import FinishReason, Req
+from radixlm.scheduler.stop import StopChecker
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, runner: ModelRunner, tokenizer: Any | None) -> None:
+        self.config = config
+        self.runner = runner
+        self.limits = runner.limits
+        self.device = runner.device
+        self.req_to_token_pool = runner.req_to_token_pool
+        self.kv_pool = runner.kv_pool
+        self.allocator = runner.kv_pool.allocator
+        self.cache = create_prefix_cache(
+            config.disable_radix_cache, self.req_to_token_pool, self.allocator
+        )
+        self.sampler = Sampler(runner.vocab_size, self.device, seed=config.random_seed)
+        self.stop_checker = StopChecker(tokenizer)
+        self.eos_ids = tuple(runner.model_config.eos_token_ids)
+        self.rng = random.Random(config.random_seed)
+
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []  # decoding requests
+        self.chunked_req: Req | None = None  # request in the middle of a chunked prefill
+        self.reqs: dict[str, Req] = {}  # every live request by rid
+        self._outputs: list[ReqOutput] = []
+        self._aborts: list[Req] = []
+
+        self.init_new_token_ratio = min(
+            INIT_NEW_TOKEN_RATIO * config.schedule_conservativeness, 1.0
+        )
+        self.min_new_token_ratio = self.init_new_token_ratio * MIN_NEW_TOKEN_RATIO_FACTOR
+        self.new_token_ratio_decay = (
+            self.init_new_token_ratio - self.min_new_token_ratio
+        ) / NEW_TOKEN_RATIO_DECAY_STEPS
+        self.new_token_ratio = self.init_new_token_ratio
+        self.num_retractions = 0
+        self.forward_steps = 0
+
+    # ---- intake --------------------------------------------------------------------------
+    def add_request(self, tr: TokenizedRequest) -> None:
+        if tr.rid in self.reqs:
+            raise RequestError(f"request id {tr.rid!r} is already in use")
+        sp = tr.sampling
+        prompt_len = len(tr.input_ids)
+        if prompt_len == 0:
+            raise RequestError("the prompt is empty; send at least one token")
+        if prompt_len >= self.limits.max_req_len:
+            raise RequestError(
+                f"the prompt has {prompt_len} tokens but this server accepts at most "
+                f"{self.limits.max_req_len - 1} (context length {self.limits.max_req_len}); "
+                "shorten the prompt"
+            )
+        vocab = self.runner.vocab_size
+        bad = [t for t in tr.input_ids if not 0 <= t < vocab]
+        if bad:
+            raise RequestError(
+                f"input_ids hold token ids outside the vocabulary [0, {vocab}): {bad[:5]}"
+            )
+        stop_ids = tuple(sp.stop_token_ids) + (() if sp.ignore_eos else self.eos_ids)
+        req = Req(
+            rid=tr.rid,
+            origin_input_ids=list(tr.input_ids),
+            sampling=sp,
+            max_new_tokens=min(sp.max_new_tokens, self.limits.max_req_len - prompt_len),
+            stop_ids=tuple(dict.fromkeys(stop_ids)),
+            stream=tr.stream,
+            return_logprob=tr.return_logprob,
+            logprob_start_len=tr.logprob_start_len if tr.return_logprob else -1,
+            top_logprobs_num=tr.top_logprobs_num if tr.return_logprob else 0,
+            seed_offset=tr.seed_offset,
+        )
+        self.reqs[req.rid] = req
+        self.waiting.append(req)
+
+    def abort_request(self, msg: AbortRequest) -> None:
+        """Mark a live request; it is finished with type "abort" at the next step."""
+        req = self.reqs.get(msg.rid)
+        if req is not None and not req.finished and req.to_abort is None:
+            req.to_abort = msg.message
+            self._aborts.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.chunked_req or self._outputs)
+
+    @property
+    def num_live(self) -> int:
+        return len(self.reqs)
+
+    # ---- the loop ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[ReqOutput]:
+        self._apply_aborts()
+        batch = self._get_prefill_batch()
+        if batch is None and self.running:
+            batch = self._get_decode_batch()
+        if batch is not None:
+            self._run_batch(batch)
+        else:
+            self.new_token_ratio = self.init_new_token_ratio
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def _apply_aborts(self) -> None:
+        aborts, self._aborts = self._aborts, []
+        for req in aborts:
+            if req.finished:
+                continue
+            reason = FinishReason("abort", message=req.to_abort)
+            if req in self.waiting:
+                self.waiting.remove(req)
+            if req in self.running:
+                self.running.remove(req)
+            if req is self.chunked_req:
+                self.chunked_req = None
+            req.finished_reason = reason
+            self._release(req)
+
+    # ---- prefill -------------------------------------------------------------------------
+    def _get_prefill_batch(self) -> ScheduleBatch | None:
+        if not self.waiting and self.chunked_req is None:
+            return None
+        num_running = len(self.running)
+        reserved = (
+            sum(min(r.remaining_new_tokens(), CLIP_MAX_NEW_TOKENS) for r in self.running)
+            * self.new_token_ratio
+        )
+        adder = PrefillAdder(
+            rem_total=int(self.allocator.available_size() + self.cache.evictable_size() - reserved),
+            rem_input=self.config.max_prefill_tokens,
+            rem_chunk=self.config.chunk_size,
+            rem_requests=self.limits.max_running_requests - num_running,
+            new_token_ratio=self.new_token_ratio,
+            nothing_running=num_running == 0,
+        )
+        matches = {}
+        if self.chunked_req is not None:
+            adder.try_add(self.chunked_req, self.chunked_req.kv_len)
+        if self.waiting and (self.chunked_req is None or adder.rem_chunk != 0):
+            matches = order_waiting_queue(
+                self.waiting, self.config.schedule_policy, self.cache, self.rng
+            )
+            rows_free = self.req_to_token_pool.available_size()
+            for req in list(self.waiting):
+                if rows_free <= sum(a.req is not self.chunked_req for a in adder.admitted):
+                    break
+                match = matches.get(id(req))
+                if match is None:
+                    match = self.cache.match_prefix(req.fill_ids[: req.max_cacheable_prefix()])
+                    matches[id(req)] = match
+                if not adder.try_add(req, len(match.slots)):
+                    break
+
+        reqs, prefix_lens, extend_lens, slot_chunks = [], [], [], []
+        for adm in adder.admitted:
+            req = adm.req
+            resuming = req is self.chunked_req
+            if not resuming:
+                self._attach_prefix(req, matches[id(req)])
+            slots = self._alloc_slots(adm.extend_len)
+            if slots is None:  # budget estimate was off: undo this admission and stop here
+                if not resuming:
+                    self._detach(req)
+                break
+            if not resuming:
+                self.waiting.remove(req)
+            self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, slots)
+            req.extend_len = adm.extend_len
+            req.is_chunked = adm.chunked
+            reqs.append(req)
+            prefix_lens.append(req.kv_len)
+            extend_lens.append(adm.extend_len)
+            slot_chunks.append(slots)
+        if not reqs:
+            if not self.running:
+                raise RuntimeError("scheduler made no progress: no prefill fits an idle pool")
+            return None  # decode first; finishing requests free memory
+        return ScheduleBatch(
+            mode=ForwardMode.EXTEND,
+            reqs=reqs,
+            prefix_lens=prefix_lens,
+            extend_lens=extend_lens,
+            out_cache_loc=torch.cat(slot_chunks),
+            plan=plan_extend_logits(reqs, prefix_lens, extend_lens),
+        )
+
+    def _attach_prefix(self, req: Req, match) -> None:
+        """Give a newly admitted request a row holding its cached prefix, and lock the prefix."""
+        req.req_pool_idx = self.req_to_token_pool.alloc()
+        n = len(match.slots)
+        if n:
+            self.req_to_token_pool.write(req.req_pool_idx, 0, match.slots)
+        self.cache.lock(match.handle)
+        req.last_node = match.handle
+        req.kv_len = n
+        req.cache_protected_len = n
+        if not req.admitted_once:
+            req.cached_tokens = n
+            req.admitted_once = True
+
+    def _detach(self, req: Req) -> None:
+        self.cache.unlock(req.last_node)
+        self.req_to_token_pool.free(req.req_pool_idx)
+        req.reset_for_retract()
+        req.num_retractions -= 1  # not a retraction: it never ran
+
+    def _alloc_slots(self, n: int) -> torch.Tensor | None:
+        slots = self.allocator.alloc(n)
+        if slots is None:
+            self.cache.evict(n - self.allocator.available_size())
+            slots = self.allocator.alloc(n)
+        return slots
+
+    # ---- decode --------------------------------------------------------------------------
+    def _get_decode_batch(self) -> ScheduleBatch | None:
+        slots = self._alloc_slots(len(self.running))
+        if slots is None:
+            self._retract()
+            slots = self._alloc_slots(len(self.running))
+            if slots is None:
+                raise RuntimeError("KV pool cannot hold one decode step of a single request")
+        else:
+            self.new_token_ratio = max(
+                self.new_token_ratio - self.new_token_ratio_decay, self.min_new_token_ratio
+            )
+        for req, slot in zip(self.running, slots.view(-1, 1)):
+            self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, slot)
+            req.extend_len = 1
+        n = len(self.running)
+        return ScheduleBatch(
+            mode=ForwardMode.DECODE,
+            reqs=list(self.running),
+            prefix_lens=[r.kv_len for r in self.running],
+            extend_lens=[1] * n,
+            out_cache_loc=slots,
+            plan=plan_decode_logits(n),
+        )
+
+    def _retract(self) -> None:
+        """Move decoding requests back to the waiting queue until the rest can keep going."""
+        retracted = []
+        if self.chunked_req is not None:  # a half-prefilled prompt has produced nothing yet
+            victim, self.chunked_req = self.chunked_req, None
+            self._requeue(victim)
+            retracted.append(victim)
+        # Victims: least progress first (fewest outputs), then the longest prompts.
+        order = sorted(self.running, key=lambda r: (len(r.output_ids), -r.prompt_len))
+        while len(self.running) > 1:
+            headroom = self.allocator.available_size() + self.cache.evictable_size()
+            if headroom >= len(self.running) * RETRACT_DECODE_STEPS:
+                break
+            victim = order.pop(0)
+            self.running.remove(victim)
+            self._requeue(victim)
+            retracted.append(victim)
+        self.num_retractions += len(retracted)
+        total_new = sum(r.max_new_tokens for r in self.running) or 1
+        done = sum(len(r.output_ids) for r in self.running)
+        self.new_token_ratio = min(
+            1.0,
+            max(
+                self.new_token_ratio, (done + RETRACT_DECODE_STEPS * len(self.running)) / total_new
+            ),
+        )
+        logger.info(
+            "KV cache pool is full: retracted %d request(s); new_token_ratio %.3f",
+            len(retracted),
+            self.new_token_ratio,
+        )
+
+    def _requeue(self, req: Req) -> None:
+        self.cache.cache_finished_req(req, req.fill_ids[: req.kv_len])
+        self.req_to_token_pool.free(req.req_pool_idx)
+        req.reset_for_retract()
+        self.waiting.append(req)
+
+    # ---- run + results -------------------------------------------------------------------
+    def _run_batch(self, batch: ScheduleBatch) -> None:
+        fb = batch.to_forward_batch(self.req_to_token_pool, self.kv_pool, self.device)
+        hidden = self.runner.forward(fb)
+        self.forward_steps += 1
+        plan = batch.plan
+        next_ids: list[int] = []
+        sample_out = None
+        if plan.sample_rows:
+            sample_reqs = [batch.reqs[i] for i in plan.sample_req_indices]
+            rows = []
+            for r in sample_reqs:
+                r.init_penalty_state(self.runner.vocab_size, self.device)
+                rows.append(
+                    SamplingRow(
+                        params=r.sampling,
+                        num_output=len(r.output_ids),
+                        stop_ids=r.stop_ids,
+                        output_counts=r.output_counts,
+                        seen=r.seen,
+                        seed_offset=r.seed_offset,
+                    )
+                )
+            logits = self.runner.compute_logits(hidden[plan.sample_rows])
+            want_lp = any(r.return_logprob for r in sample_reqs)
+            top_k = max((r.top_logprobs_num for r in sample_reqs), default=0)
+            sample_out = self.sampler.sample(logits, rows, want_lp, top_k)
+            next_ids = sample_out.next_ids.tolist()
+        self._record_input_logprobs(batch, hidden)
+
+        sampled = dict(zip(plan.sample_req_indices, range(len(next_ids))))
+        still_running = []
+        for i, req in enumerate(batch.reqs):
+            req.kv_len += batch.extend_lens[i]
+            if req.is_chunked:
+                self.cache.cache_unfinished_req(req, req.fill_ids[: req.kv_len])
+                self.chunked_req = req
+                continue
+            if req is self.chunked_req:
+                self.chunked_req = None
+            if req.return_logprob and req.logprob_start_len >= 0:
+                req.input_logprobs_done = True
+            if i in sampled:
+                j = sampled[i]
+                req.append_token(next_ids[j])
+                if req.return_logprob:
+                    self._record_output_logprob(req, sample_out, j)
+                self._check_finished(req)
+            else:  # max_new_tokens == 0: prefill only
+                req.finished_reason = FinishReason("length", length=0)
+            if req.finished:
+                self._release(req)
+            else:
+                if batch.mode.is_extend():
+                    still_running.append(req)
+                self._emit(req)
+        if batch.mode.is_extend():
+            self.running.extend(still_running)
+        else:
+            self.running = [r for r in self.running if not r.finished]
+
+    def _record_input_logprobs(self, batch: ScheduleBatch, hidden: torch.Tensor) -> None:
+        spans = batch.plan.input_spans
+        if not spans:
+            return
+        rows = [row for s in spans for row in s.rows]
+        targets = [t for s in spans for t in s.targets]
+        top_k = max(batch.reqs[s.req_index].top_logprobs_num for s in spans)
+        vals = top_v = top_i = None
+        if rows:
+            vals, top_v, top_i = self.runner.token_logprobs(
+                hidden[rows], torch.tensor(targets, device=self.device), top_k
+            )
+            vals = vals.tolist()
+            if top_v is not None:
+                top_v, top_i = top_v.tolist(), top_i.tolist()
+        offset = 0
+        for s in spans:
+            req = batch.reqs[s.req_index]
+            if s.leading_none:
+                req.input_token_logprobs.append(None)
+                if req.top_logprobs_num:
+                    req.input_top_logprobs.append(None)
+            for k in range(offset, offset + len(s.rows)):
+                req.input_token_logprobs.append(vals[k])
+                if req.top_logprobs_num:
+                    n = req.top_logprobs_num
+                    req.input_top_logprobs.append(list(zip(top_v[k][:n], top_i[k][:n])))
+            offset += len(s.rows)
+
+    @staticmethod
+    def _record_output_logprob(req: Req, out, j: int) -> None:
+        req.output_token_logprobs.append(float(out.logprobs[j]))
+        if req.top_logprobs_num:
+            n = req.top_logprobs_num
+            req.output_top_logprobs.append(
+                list(zip(out.top_logprobs[j][:n].tolist(), out.top_ids[j][:n].tolist()))
+            )
+
+    def _check_finished(self, req: Req) -> None:
+        token = req.output_ids[-1]
+        num_out = len(req.output_ids)
+        if num_out >= req.sampling.min_new_tokens:
+            if token in req.stop_ids:
+                req.finished_reason = FinishReason("stop", matched=token)
+                return
+            matched = self.stop_checker.check(req, token)
+            if matched is not None:
+                req.finished_reason = FinishReason("stop", matched=matched)
+                return
+        elif req.sampling.stop:
+            self.stop_checker.check(req, token)  # keep its text in sync
+        if num_out >= req.max_new_tokens:
+            req.finished_reason = FinishReason("length", length=num_out)
+
+    def _release(self, req: Req) -> None:
+        """Hand a finished request's KV to the cache, free its row, report it."""
+        if req.req_pool_idx is not None:
+            self.cache.cache_finished_req(req, req.fill_ids[: req.kv_len])
+            self.req_to_token_pool.free(req.req_pool_idx)
+            req.req_pool_idx = None
+            req.kv_len = 0
+        self.reqs.pop(req.rid, None)
+        self._emit(req)
+
+    def _emit(self, req: Req) -> None:
+        if not req.finished:
+            if not req.stream:
+                return
+            interval = req.sampling.stream_interval or self.config.stream_interval
+            req.decode_steps_since_sent += 1
+            if req.decode_steps_since_sent < interval and req.sent_output_len > 0:
+                return
+        req.decode_steps_since_sent = 0
+        start = req.sent_output_len
+        out = ReqOutput(
+            rid=req.rid,
+            new_token_ids=req.output_ids[start:],
+            finished_reason=req.finished_reason.to_json() if req.finished else None,
+            prompt_tokens=req.prompt_len,
+            completion_tokens=len(req.output_ids),
+            cached_tokens=req.cached_tokens,
+            num_retractions=req.num_retractions,
+        )
+        if req.return_logprob:
+            out.output_token_logprobs = req.output_token_logprobs[start:]
+            out.output_top_logprobs = req.output_top_logprobs[start:]
+            if not req.sent_input_logprobs and (req.input_logprobs_done or req.finished):
+                out.input_token_logprobs = list(req.input_token_logprobs)
+                out.input_top_logprobs = list(req.input_top_logprobs)
+                req.sent_input_logprobs = True
+        req.sent_output_len = len(req.output_ids)
+        self._outputs.append(out)
+
+    # ---- maintenance ---------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        """Drop all cached KV. Refused (False) while any request is live."""
+        if self.reqs:
+            return False
+        self.cache.reset()
+        self.allocator.clear()
+        self.req_to_token_pool.clear()
+        return True
+
+    def check_memory_invariants(self) -> None:
+        """When idle: every slot is free or cached, every row is free. Raises on a leak."""
+        self.allocator.check_consistency()
+        if self.reqs:
+            raise RuntimeError(f"{len(self.reqs)} request(s) still live")
+        free = self.allocator.available_size()
+        cached = self.cache.total_size()
+        if free + cached != self.limits.max_total_tokens:
+            raise RuntimeError(
+                f"KV slot leak: free {free} + cached {cached} != pool {self.limits.max_total_tokens}"
+            )
+        if self.cache.protected_size() != 0:
+            raise RuntimeError("cache still holds locked tokens while idle")
+        if self.req_to_token_pool.available_size() != self.req_to_token_pool.size:
+            raise RuntimeError("request row leak in ReqToTokenPool")
