@@ -94,6 +94,7 @@ class EngineConfig:
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
+            _check_type(f.name, str(f.type), value)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}={value!r} is invalid; choose one of {list(choices)}")
         for name in ("max_total_tokens", "max_running_requests", "context_length", "num_threads"):
@@ -141,6 +142,25 @@ class EngineConfig:
     def chunk_size(self) -> int | None:
         """Chunked prefill size, or None when chunking is disabled."""
         return None if self.chunked_prefill_size == -1 else self.chunked_prefill_size
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+}
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """Check ``value`` against a field annotation such as ``"int | None"``."""
+    parts = [p.strip() for p in annotation.split("|")]
+    if value is None and "None" in parts:
+        return
+    base = next(p for p in parts if p != "None")
+    ok = isinstance(value, _TYPES[base]) and (base == "bool" or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{name} must be of type {base}, got {value!r}")
 
 
 def _cuda_available() -> bool:

@@ -198,10 +198,12 @@ def _logit_bias(x: Any, vocab_size: int | None) -> dict[int, float]:
         raise RequestError(f"logit_bias must be an object mapping token id -> bias, got {x!r}")
     out: dict[int, float] = {}
     for k, b in x.items():
-        try:
-            tid = int(k)
-        except (TypeError, ValueError):
-            raise RequestError(f"logit_bias key {k!r} is not a token id") from None
+        if isinstance(k, int) and not isinstance(k, bool):
+            tid = k
+        elif isinstance(k, str) and k.strip().lstrip("-").isdigit():
+            tid = int(k)  # JSON object keys are strings
+        else:
+            raise RequestError(f"logit_bias key {k!r} is not an integer token id")
         if tid < 0 or (vocab_size is not None and tid >= vocab_size):
             raise RequestError(
                 f"logit_bias token id {tid} is outside the vocabulary [0, {vocab_size})"

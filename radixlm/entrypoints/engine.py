@@ -117,6 +117,8 @@ class Engine:
 
     def _step(self) -> list[str]:
         """One scheduler step; route outputs to their builders; return the rids updated."""
+        if not self.scheduler.has_work():
+            raise RuntimeError("internal error: the scheduler has no work but requests are pending")
         updated = []
         for out in self.scheduler.step():
             b = self._builders.get(out.rid)

@@ -174,9 +174,13 @@ class Scheduler:
             nothing_running=num_running == 0,
         )
         matches = {}
+        # At most one request is mid-chunk: it resumes first, and nobody else may start a
+        # chunk (or overtake it) until it has been admitted this step.
+        admit_waiting = True
         if self.chunked_req is not None:
             adder.try_add(self.chunked_req, self.chunked_req.kv_len)
-        if self.waiting and (self.chunked_req is None or adder.rem_chunk != 0):
+            admit_waiting = bool(adder.admitted) and adder.rem_chunk != 0
+        if self.waiting and admit_waiting:
             matches = order_waiting_queue(
                 self.waiting, self.config.schedule_policy, self.cache, self.rng
             )

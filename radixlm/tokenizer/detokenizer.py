@@ -18,6 +18,7 @@ from typing import Any
 # Prompt tokens kept as left context: enough for SentencePiece's leading-space rule and for
 # byte-fallback sequences that straddle the prompt/output boundary.
 CONTEXT_TOKENS = 5
+MAX_EXTRA_CONTEXT = 16  # how far left to look for the start of a character
 
 
 class IncrementalDetokenizer:
@@ -29,14 +30,23 @@ class IncrementalDetokenizer:
         spaces_between_special_tokens: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
-        self.ids: list[int] = list(prompt_ids[-CONTEXT_TOKENS:])
-        self.read_offset = len(self.ids)
-        self.surr_offset = 0
-        self.text = ""  # everything emitted so far
         self._kwargs = {
             "skip_special_tokens": skip_special_tokens,
             "spaces_between_special_tokens": spaces_between_special_tokens,
         }
+        self.ids: list[int] = self._context(prompt_ids)
+        self.read_offset = len(self.ids)
+        self.surr_offset = 0
+        self.text = ""  # everything emitted so far
+
+    def _context(self, prompt_ids: list[int]) -> list[int]:
+        """The last few prompt tokens, extended left so the context does not start inside a
+        multi-byte character (a partial character would garble the output's first bytes)."""
+        start = max(len(prompt_ids) - CONTEXT_TOKENS, 0)
+        floor = max(start - MAX_EXTRA_CONTEXT, 0)
+        while start > floor and self._decode(prompt_ids[start:]).startswith("\ufffd"):
+            start -= 1
+        return list(prompt_ids[start:])
 
     def _decode(self, ids: list[int]) -> str:
         try:

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random-weight checkpoints made with transformers (no download)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from radixlm.config import BUNDLED_MODEL
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+VOCAB = 512  # the bundled SentencePiece tokenizer's size, so tiny models can take text
+
+
+def _tiny_config(arch: str):
+    import transformers
+
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        # Sharper random logits: greedy decisions are not decided by float rounding.
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+    )
+    if arch == "llama":
+        return transformers.LlamaConfig(
+            **common,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        )
+    if arch == "llama_tied":
+        return transformers.LlamaConfig(
+            **{**common, "tie_word_embeddings": True, "num_key_value_heads": 4}
+        )
+    if arch == "mistral":
+        return transformers.MistralConfig(**common, sliding_window=24)
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**common)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(**common, head_dim=32)
+    raise ValueError(arch)
+
+
+def make_tiny_model(path: str, arch: str, seed: int = 0) -> str:
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = _tiny_config(arch)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(path)
+    for f in TOKENIZER_FILES:
+        shutil.copy(os.path.join(BUNDLED_MODEL, f), path)
+    return path
+
+
+TINY_ARCHS = ("llama", "llama_tied", "mistral", "qwen2", "qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {a: make_tiny_model(str(root / a), a, seed=i) for i, a in enumerate(TINY_ARCHS)}
+
+
+@pytest.fixture(scope="session")
+def stories_model() -> str:
+    return BUNDLED_MODEL
