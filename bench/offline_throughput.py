@@ -100,7 +100,10 @@ def ensure_model(shape: ModelShape, tokenizer_dir: Path, model_dir: Path | None)
 
 def _build_random_llama(shape: ModelShape, tok: Any, out_dir: Path) -> int:
     import torch
+    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    transformers.logging.disable_progress_bar()
 
     config = LlamaConfig(
         vocab_size=len(tok),
@@ -148,9 +151,40 @@ def _worker_setup(threads: int, log_level: str) -> None:
 
 
 def _peak_rss_mb() -> float:
-    # NOTE: ru_maxrss is in KiB on Linux (bytes on macOS).
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
+    """Peak RSS of this process so far.
+
+    NOTE: on Linux ``getrusage(RUSAGE_SELF).ru_maxrss`` survives fork + exec, so a spawned
+    worker would report the parent's peak if that were higher; ``VmHWM`` in
+    ``/proc/self/status`` belongs to the current address space only, so it is read first.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
+        return kib * 1024 / MB
+    except (OSError, StopIteration):
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, B on macOS
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
+
+
+def _reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux: ``5`` → ``/proc/self/clear_refs`` resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_fields(after_imports: float, load_peak: float, reset: bool) -> dict[str, Any]:
+    """Peak RSS overall and split into the load phase and the run phase (warm-up + timed)."""
+    end_peak = _peak_rss_mb()
+    return {
+        "rss_after_imports_mb": after_imports,
+        "peak_rss_load_mb": load_peak,
+        "peak_rss_run_mb": end_peak if reset else None,
+        "peak_rss_mb": max(load_peak, end_peak),
+    }
 
 
 def run_radixlm(
@@ -165,6 +199,7 @@ def run_radixlm(
     t0 = time.perf_counter()
     engine = radixlm.Engine(model_dir, dtype=dtype, max_total_tokens=total, num_threads=threads)
     load_s = time.perf_counter() - t0
+    load_peak, reset = _peak_rss_mb(), _reset_peak_rss()
     greedy = {"temperature": 0, "ignore_eos": True}
     engine.generate(input_ids=prompts[0][:8], sampling_params={**greedy, "max_new_tokens": 2})
     engine.flush_cache()  # the timed run starts from an empty prefix cache
@@ -182,8 +217,7 @@ def run_radixlm(
         "wall_s": wall,
         "load_s": load_s,
         "output_ids": [r["output_ids"] for r in results],
-        "rss_after_imports_mb": rss_after_imports,
-        "peak_rss_mb": _peak_rss_mb(),
+        **_rss_fields(rss_after_imports, load_peak, reset),
         "weight_mb": lim.weight_bytes / MB,
         "kv_pool_mb": lim.max_total_tokens * lim.kv_bytes_per_token / MB,
         "static_mb": static_bytes / MB,
@@ -216,12 +250,14 @@ def run_hf(
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     rss_after_imports = _peak_rss_mb()
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=getattr(torch, dtype)
     ).eval()
     load_s = time.perf_counter() - t0
+    load_peak, reset = _peak_rss_mb(), _reset_peak_rss()
     pad_id = model.config.eos_token_id
 
     def generate(batch: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -258,8 +294,7 @@ def run_hf(
         "wall_s": wall,
         "load_s": load_s,
         "output_ids": outputs,
-        "rss_after_imports_mb": rss_after_imports,
-        "peak_rss_mb": _peak_rss_mb(),
+        **_rss_fields(rss_after_imports, load_peak, reset),
         "weight_mb": weight_bytes / MB,
         "attn_implementation": model.config._attn_implementation,
     }
@@ -272,7 +307,8 @@ def in_subprocess(fn: Any, *args: Any) -> dict[str, Any]:
 
 
 # ---- reporting ------------------------------------------------------------------------------
-def finish(result: dict[str, Any], system: str, dtype: str, expected_tokens: int) -> dict:
+def finish(result: dict[str, Any], system: str, dtype: str, num_prompts: int, output_len: int):
+    """Add derived numbers; ``tokens_ok``: every prompt got exactly ``output_len`` tokens."""
     outputs = result["output_ids"]
     tokens = sum(len(o) for o in outputs)
     result.update(
@@ -280,7 +316,7 @@ def finish(result: dict[str, Any], system: str, dtype: str, expected_tokens: int
         dtype=dtype,
         output_tokens=tokens,
         output_tok_s=tokens / result["wall_s"],
-        tokens_ok=tokens == expected_tokens,
+        tokens_ok=len(outputs) == num_prompts and all(len(o) == output_len for o in outputs),
     )
     if "static_mb" in result:
         result["rss_ratio"] = result["peak_rss_mb"] / result["static_mb"]
@@ -302,14 +338,19 @@ def agreement(ours: list[list[int]], ref: list[list[int]]) -> dict[str, Any]:
     }
 
 
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 def print_dtype(dtype: str, ours: dict, hf: dict, match: dict, prompt_tokens: int) -> None:
     print(f"\n=== {dtype} === ({prompt_tokens} prompt tokens in total)")
     for name, r in (("radixlm", ours), ("transformers", hf)):
         ok = "" if r["tokens_ok"] else "  <-- WRONG token count"
         print(
             f"  {name:<13} {r['output_tokens']:>6} output tokens in {r['wall_s']:8.2f} s = "
-            f"{r['output_tok_s']:8.1f} tok/s   peak RSS {r['peak_rss_mb']:7.0f} MB "
-            f"(after imports {r['rss_after_imports_mb']:.0f} MB){ok}"
+            f"{r['output_tok_s']:8.1f} tok/s   peak RSS {r['peak_rss_mb']:5.0f} MB "
+            f"(imports {r['rss_after_imports_mb']:.0f}, load {r['peak_rss_load_mb']:.0f}, "
+            f"run {_mb(r['peak_rss_run_mb'])}){ok}"
         )
     print(
         f"  radixlm static: weights {ours['weight_mb']:.0f} MB + KV pool {ours['kv_pool_mb']:.0f} MB "
@@ -395,7 +436,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for both systems")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="relative to the repo root")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="relative to the repo root")
-    p.add_argument("--model-dir", default=None, help="default: bench/.cache/<shape key>")
+    p.add_argument(
+        "--model-dir", default=None, help="default: bench/.cache/<shape key>; built if missing"
+    )
     p.add_argument("--json-out", default=None, help="write every number here as JSON")
     p.add_argument("--log-level", default="warning", help="logging level inside the workers")
     args = p.parse_args()
@@ -419,7 +462,7 @@ def main() -> None:
     )
     prompts = load_prompts(dataset, tokenizer_dir, args.num_prompts, args.max_prompt_len)
     prompt_tokens = sum(len(p) for p in prompts)
-    expected = args.num_prompts * args.output_len
+    expected = (args.num_prompts, args.output_len)
     meta = json.loads((model_dir / "bench_model.json").read_text())
     print(
         f"model {model_dir} ({meta['num_params'] / 1e6:.1f}M params); {len(prompts)} prompts, "
@@ -433,10 +476,10 @@ def main() -> None:
         # Same weights, prompts and settings for both systems; only the runner differs.
         work = (str(model_dir), dtype, prompts, args.output_len, args.threads, args.log_level)
         print(f"[{dtype}] radixlm ...", flush=True)
-        ours = finish(in_subprocess(run_radixlm, *work), "radixlm", dtype, expected)
+        ours = finish(in_subprocess(run_radixlm, *work), "radixlm", dtype, *expected)
         print(f"[{dtype}] transformers ...", flush=True)
         hf = in_subprocess(run_hf, *work, args.hf_batch_size)
-        hf = finish(hf, "transformers", dtype, expected)
+        hf = finish(hf, "transformers", dtype, *expected)
         match = agreement(ours["output_ids"], hf["output_ids"])
         print_dtype(dtype, ours, hf, match, prompt_tokens)
         rows.append(
@@ -465,7 +508,7 @@ def main() -> None:
             "workload": {
                 "num_prompts": len(prompts),
                 "prompt_tokens": prompt_tokens,
-                "output_tokens_per_system": expected,
+                "output_tokens_per_system": args.num_prompts * args.output_len,
             },
             "runs": runs,
             "summary": rows,
