@@ -1,8 +1,9 @@
 """Pure-torch attention over the paged KV pool; runs on any device and is the correctness oracle.
 
 Extend: one SDPA call per request (queries = its new tokens, keys = its whole KV row), causal
-with the cached prefix offset. Decode: one batched SDPA call over KV gathered into a padded
-``[B, max_len]`` block (padding reads the zeroed slot 0 and is masked out).
+with the cached prefix offset. Decode: one batched SDPA call per bucket of similar-length
+requests, over KV gathered into a padded ``[b, max_len]`` block (padding reads the zeroed
+slot 0 and is masked out); bucketing keeps the gathered bytes close to the real KV size.
 """
 
 from __future__ import annotations
@@ -26,11 +27,33 @@ class _ExtendMeta:
 
 
 @dataclass
-class _DecodeMeta:
-    gather: torch.Tensor  # [B, L] int64 slot ids (0 = padding)
+class _DecodeBucket:
+    """Requests of similar KV length, attended together over one padded block."""
+
+    index: torch.Tensor | None  # [b] positions in the batch (None: the whole batch, in order)
+    gather: torch.Tensor  # [b, L] int64 slot ids (0 = padding)
     key_pos: torch.Tensor  # [1, L] int64 key positions
-    seq_lens: torch.Tensor  # [B, 1] int64
+    seq_lens: torch.Tensor  # [b, 1] int64
     masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
+
+
+def length_buckets(seq_lens: list[int], ratio: float = 0.6, slack: int = 64) -> list[list[int]]:
+    """Group batch positions by KV length so padding stays small.
+
+    Sorted by length (longest first), a request opens a new bucket when it is shorter than
+    ``ratio`` × the bucket's longest and more than ``slack`` tokens shorter; the padded work is
+    then within ~1/ratio of the exact work, with few buckets (one per ~1/ratio length octave).
+    """
+    order = sorted(range(len(seq_lens)), key=lambda i: -seq_lens[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets:
+            longest = seq_lens[buckets[-1][0]]
+            if seq_lens[i] >= longest * ratio or longest - seq_lens[i] <= slack:
+                buckets[-1].append(i)
+                continue
+        buckets.append([i])
+    return buckets
 
 
 class TorchNativeBackend(AttentionBackend):
@@ -50,12 +73,25 @@ class TorchNativeBackend(AttentionBackend):
                 slots.append(rows.read(row, prefix + ext) if prefix > 0 else None)
             fb.attn_metadata = _ExtendMeta(starts, slots)
         else:
+            buckets = length_buckets(fb.seq_lens_cpu)
+            fb.attn_metadata = [
+                self._decode_bucket(fb, None if len(buckets) == 1 else b) for b in buckets
+            ]
+
+    @staticmethod
+    def _decode_bucket(fb: ForwardBatch, members: list[int] | None) -> _DecodeBucket:
+        if members is None:
+            index, rows, lens = None, fb.req_pool_indices, fb.seq_lens
             max_len = max(fb.seq_lens_cpu)
-            table = rows.req_to_token[fb.req_pool_indices, :max_len].long()  # [B, L]
-            key_pos = torch.arange(max_len, device=table.device).unsqueeze(0)
-            seq_lens = fb.seq_lens.view(-1, 1)
-            gather = torch.where(key_pos < seq_lens, table, torch.zeros_like(table))
-            fb.attn_metadata = _DecodeMeta(gather, key_pos, seq_lens)
+        else:
+            index = torch.tensor(members, dtype=torch.int64, device=fb.seq_lens.device)
+            rows, lens = fb.req_pool_indices[index], fb.seq_lens[index]
+            max_len = max(fb.seq_lens_cpu[i] for i in members)
+        table = fb.req_to_token_pool.req_to_token[rows, :max_len].long()  # [b, L]
+        key_pos = torch.arange(max_len, device=table.device).unsqueeze(0)
+        seq_lens = lens.view(-1, 1)
+        gather = torch.where(key_pos < seq_lens, table, torch.zeros_like(table))
+        return _DecodeBucket(index, gather, key_pos, seq_lens)
 
     def forward_extend(self, q, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
         meta: _ExtendMeta = fb.attn_metadata
@@ -98,29 +134,35 @@ class TorchNativeBackend(AttentionBackend):
         return meta.masks[key]
 
     def forward_decode(self, q, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
-        meta: _DecodeMeta = fb.attn_metadata
+        buckets: list[_DecodeBucket] = fb.attn_metadata
         bs = q.shape[0]
         group = layer.num_heads // layer.num_kv_heads
         k_buf, v_buf = fb.kv_pool.k_buffers[layer.layer_id], fb.kv_pool.v_buffers[layer.layer_id]
         # Query heads of one KV head are contiguous, so [B, H, D] -> [B, KVH, G, D] needs no copy
         # of K/V per query head: the G queries of a group act as G rows against one key set.
         qg = q.view(bs, layer.num_kv_heads, group, layer.head_dim)
-        keys = k_buf[meta.gather].transpose(1, 2).to(q.dtype)  # [B, KVH, L, D]
-        values = v_buf[meta.gather].transpose(1, 2).to(q.dtype)
-        o = F.scaled_dot_product_attention(
-            qg,
-            keys,
-            values,
-            attn_mask=self._decode_mask(meta, layer.sliding_window),
-            scale=layer.scaling,
-        )  # [B, KVH, G, D]
-        return o.reshape(bs, layer.num_heads * layer.head_dim)
+        out = None if len(buckets) == 1 else torch.empty_like(qg)
+        for b in buckets:
+            keys = k_buf[b.gather].transpose(1, 2).to(q.dtype)  # [b, KVH, L, D]
+            values = v_buf[b.gather].transpose(1, 2).to(q.dtype)
+            qb = qg if b.index is None else qg[b.index]
+            o = F.scaled_dot_product_attention(
+                qb,
+                keys,
+                values,
+                attn_mask=self._decode_mask(b, layer.sliding_window),
+                scale=layer.scaling,
+            )  # [b, KVH, G, D]
+            if out is None:
+                return o.reshape(bs, layer.num_heads * layer.head_dim)
+            out[b.index] = o
+        return out.reshape(bs, layer.num_heads * layer.head_dim)
 
     @staticmethod
-    def _decode_mask(meta: _DecodeMeta, window: int | None) -> torch.Tensor:
+    def _decode_mask(meta: _DecodeBucket, window: int | None) -> torch.Tensor:
         if window not in meta.masks:
-            mask = meta.key_pos < meta.seq_lens  # [B, L]
+            mask = meta.key_pos < meta.seq_lens  # [b, L]
             if window is not None:
                 mask &= meta.key_pos >= meta.seq_lens - window
-            meta.masks[window] = mask[:, None, None, :]  # [B, 1, 1, L]
+            meta.masks[window] = mask[:, None, None, :]  # [b, 1, 1, L]
         return meta.masks[window]

@@ -2,7 +2,8 @@
 
 The module tree is created on the ``meta`` device (no memory, no random init), materialised
 empty on the target device, then every parameter is filled from ``*.safetensors`` (a single
-file or a sharded ``model.safetensors.index.json``). Loading fails loudly if any parameter is
+file or a sharded ``model.safetensors.index.json``), read with plain file reads straight into
+the parameters. Loading fails loudly if any parameter is
 left unfilled or a checkpoint tensor has no destination, so a silent half-loaded model is
 impossible.
 """
@@ -12,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -38,13 +42,78 @@ def _safetensors_files(model_path: str) -> list[str]:
     return [os.path.join(model_path, f) for f in files]
 
 
-def iter_checkpoint(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives inside a ``.safetensors`` file."""
+
+    path: str
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+
+def read_safetensors_index(path: str) -> list[TensorEntry]:
+    """Parse a safetensors header: 8-byte little-endian length, then a JSON table."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    base = 8 + header_len
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _ST_DTYPES:
+            raise ModelLoadError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        entries.append(
+            TensorEntry(
+                path,
+                name,
+                _ST_DTYPES[info["dtype"]],
+                tuple(info["shape"]),
+                base + start,
+                end - start,
+            )
+        )
+    return entries
+
+
+def iter_checkpoint_entries(model_path: str) -> Iterator[TensorEntry]:
     for path in _safetensors_files(model_path):
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        yield from read_safetensors_index(path)
+
+
+def read_into(entry: TensorEntry, f: BinaryIO, dest: torch.Tensor) -> None:
+    """Copy one checkpoint tensor into ``dest`` (same shape), converting dtype if needed.
+
+    NOTE: plain file reads, not mmap: mapped checkpoint pages would count in RSS on top of the
+    weights while loading. With matching dtype on CPU the bytes land directly in ``dest``.
+    """
+    f.seek(entry.offset)
+    direct = dest.dtype == entry.dtype and dest.device.type == "cpu" and dest.is_contiguous()
+    target = dest if direct else torch.empty(entry.shape, dtype=entry.dtype)
+    if entry.nbytes:
+        buf = memoryview(target.view(-1).view(torch.uint8).numpy())
+        if f.readinto(buf) != entry.nbytes:
+            raise ModelLoadError(f"{entry.path}: truncated data for tensor {entry.name}")
+    if not direct:
+        dest.copy_(target)
 
 
 def load_model(
@@ -70,26 +139,35 @@ def _load_weights(model: nn.Module, model_path: str) -> None:
     # Track filled rows per parameter so a missing q/k/v shard is detected too.
     filled: dict[str, int] = {name: 0 for name in params}
     tied = getattr(model, "lm_head", None) is None
-    for name, tensor in iter_checkpoint(model_path):
-        if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
-            continue
-        target, rows = _route(model, name)
-        if target not in params:
-            raise ModelLoadError(f"checkpoint tensor {name!r} has no matching parameter")
-        param = params[target]
-        if rows is None:
-            if tuple(tensor.shape) != tuple(param.shape):
-                raise ModelLoadError(
-                    f"{name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(param.shape)}"
-                )
-            param.data.copy_(tensor)
-            filled[target] += param.shape[0]
-        else:
-            start, size = rows
-            if tensor.shape[0] != size or tuple(tensor.shape[1:]) != tuple(param.shape[1:]):
-                raise ModelLoadError(f"{name}: shape {tuple(tensor.shape)} does not fit {target}")
-            param.data[start : start + size].copy_(tensor)
-            filled[target] += size
+    entries = list(iter_checkpoint_entries(model_path))
+    handles: dict[str, BinaryIO] = {}
+    try:
+        for entry in entries:
+            name = entry.name
+            if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
+                continue
+            target, rows = _route(model, name)
+            if target not in params:
+                raise ModelLoadError(f"checkpoint tensor {name!r} has no matching parameter")
+            param = params[target]
+            if rows is None:
+                if entry.shape != tuple(param.shape):
+                    raise ModelLoadError(
+                        f"{name}: checkpoint shape {entry.shape} != model {tuple(param.shape)}"
+                    )
+                dest = param.data
+            else:
+                start, size = rows
+                if entry.shape[0] != size or entry.shape[1:] != tuple(param.shape[1:]):
+                    raise ModelLoadError(f"{name}: shape {entry.shape} does not fit {target}")
+                dest = param.data[start : start + size]
+            if entry.path not in handles:
+                handles[entry.path] = open(entry.path, "rb")  # noqa: SIM115 closed below
+            read_into(entry, handles[entry.path], dest)
+            filled[target] += dest.shape[0]
+    finally:
+        for f in handles.values():
+            f.close()
     missing = [n for n, p in params.items() if filled[n] != p.shape[0]]
     if missing:
         raise ModelLoadError(f"checkpoint {model_path} is missing weights for {missing[:8]}")
