@@ -48,7 +48,7 @@ def setup(prefix_lens, extend_lens, seed=0):
     kv.k_buffers[0][1:] = torch.randn(total + 8, KVH, D, generator=g)
     kv.v_buffers[0][1:] = torch.randn(total + 8, KVH, D, generator=g)
     out_loc, off, full_slots = [], 0, []
-    for i, (p, e) in enumerate(zip(prefix_lens, extend_lens)):
+    for p, e in zip(prefix_lens, extend_lens):
         row = rows.alloc()
         slots = perm[off : off + p + e]
         off += p + e
@@ -60,7 +60,11 @@ def setup(prefix_lens, extend_lens, seed=0):
     k = torch.randn(n_new, KVH, D, generator=g)
     v = torch.randn(n_new, KVH, D, generator=g)
     seq = [p + e for p, e in zip(prefix_lens, extend_lens)]
-    mode = ForwardMode.DECODE if all(e == 1 for e in extend_lens) and any(prefix_lens) else ForwardMode.EXTEND
+    mode = (
+        ForwardMode.DECODE
+        if all(e == 1 for e in extend_lens) and any(prefix_lens)
+        else ForwardMode.EXTEND
+    )
     fb = ForwardBatch(
         mode=mode,
         input_ids=torch.zeros(n_new, dtype=torch.int64),
@@ -92,7 +96,7 @@ def test_matches_naive(prefix_lens, extend_lens, window):
     backend.init_forward_metadata(fb)
     out = backend.forward(q, k, v, Layer(window), fb)
     off = 0
-    for (row, slots), p, e in zip(full, prefix_lens, extend_lens):
+    for (_, slots), p, e in zip(full, prefix_lens, extend_lens):
         keys = fb.kv_pool.k_buffers[0][slots]  # includes the new K just written
         values = fb.kv_pool.v_buffers[0][slots]
         assert torch.equal(fb.kv_pool.k_buffers[0][slots[p:]], k[off : off + e])
