@@ -85,7 +85,7 @@ def test_defaults_resolve_to_bundled_model(no_cuda: None) -> None:
     assert cfg.device == "cpu"
     assert cfg.attention_backend == "torch_native"
     assert cfg.mem_fraction_static == 0.2
-    assert cfg.chunk_size == 4096
+    assert cfg.chunk_size == 2048  # CPU default
     assert EngineConfig.from_options(model_path=None).model_path == BUNDLED_MODEL
 
 
