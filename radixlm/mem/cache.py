@@ -121,3 +121,17 @@ def create_prefix_cache(
 ) -> PrefixCache:
     """The radix tree arrives in a later change; until then every config uses ChunkCache."""
     return ChunkCache(req_to_token_pool, allocator)
+
+
+def check_idle_memory(
+    allocator: SlotAllocator, cache: PrefixCache, req_to_token_pool: ReqToTokenPool
+) -> None:
+    """With no request live: ``free + cached == pool``, nothing locked, every row free."""
+    allocator.check_consistency()
+    free, cached = allocator.available_size(), cache.total_size()
+    if free + cached != allocator.size:
+        raise RuntimeError(f"KV slot leak: free {free} + cached {cached} != pool {allocator.size}")
+    if cache.protected_size() != 0:
+        raise RuntimeError("cache still holds locked tokens while idle")
+    if req_to_token_pool.available_size() != req_to_token_pool.size:
+        raise RuntimeError("request row leak in ReqToTokenPool")

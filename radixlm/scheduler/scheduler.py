@@ -24,9 +24,10 @@ from radixlm.engine.forward_batch import ForwardMode
 from radixlm.engine.model_runner import ModelRunner
 from radixlm.engine.sampler import Sampler, SamplingRow
 from radixlm.errors import RequestError
-from radixlm.mem.cache import create_prefix_cache
+from radixlm.mem.cache import check_idle_memory, create_prefix_cache
 from radixlm.scheduler.batch import ScheduleBatch, plan_decode_logits, plan_extend_logits
 from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
+from radixlm.scheduler.output import build_output, record_input_logprobs, record_output_logprob
 from radixlm.scheduler.policy import (
     CLIP_MAX_NEW_TOKENS,
     INIT_NEW_TOKEN_RATIO,
@@ -37,7 +38,7 @@ from radixlm.scheduler.policy import (
     order_waiting_queue,
 )
 from radixlm.scheduler.req import FinishReason, Req
-from radixlm.scheduler.stop import StopChecker
+from radixlm.scheduler.stop import StopChecker, check_finished
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +187,9 @@ class Scheduler:
             )
             rows_free = self.req_to_token_pool.available_size()
             for req in list(self.waiting):
-                if rows_free <= sum(a.req is not self.chunked_req for a in adder.admitted):
+                if rows_free == 0:
                     break
+                rows_free -= 1
                 match = matches.get(id(req))
                 if match is None:
                     match = self.cache.match_prefix(req.fill_ids[: req.max_cacheable_prefix()])
@@ -346,7 +348,11 @@ class Scheduler:
             top_k = max((r.top_logprobs_num for r in sample_reqs), default=0)
             sample_out = self.sampler.sample(logits, rows, want_lp, top_k)
             next_ids = sample_out.next_ids.tolist()
-        self._record_input_logprobs(batch, hidden)
+            if want_lp:  # one device->host copy for the whole batch
+                out_lps = sample_out.logprobs.tolist()
+                top_v = sample_out.top_logprobs.tolist() if top_k else None
+                top_i = sample_out.top_ids.tolist() if top_k else None
+        record_input_logprobs(batch, hidden, self.runner)
 
         sampled = dict(zip(plan.sample_req_indices, range(len(next_ids))))
         still_running = []
@@ -364,8 +370,8 @@ class Scheduler:
                 j = sampled[i]
                 req.append_token(next_ids[j])
                 if req.return_logprob:
-                    self._record_output_logprob(req, sample_out, j)
-                self._check_finished(req)
+                    record_output_logprob(req, out_lps[j], top_v and top_v[j], top_i and top_i[j])
+                check_finished(req, self.stop_checker)
             else:  # max_new_tokens == 0: prefill only
                 req.finished_reason = FinishReason("length", length=0)
             if req.finished:
@@ -379,60 +385,6 @@ class Scheduler:
         else:
             self.running = [r for r in self.running if not r.finished]
 
-    def _record_input_logprobs(self, batch: ScheduleBatch, hidden: torch.Tensor) -> None:
-        spans = batch.plan.input_spans
-        if not spans:
-            return
-        rows = [row for s in spans for row in s.rows]
-        targets = [t for s in spans for t in s.targets]
-        top_k = max(batch.reqs[s.req_index].top_logprobs_num for s in spans)
-        vals = top_v = top_i = None
-        if rows:
-            vals, top_v, top_i = self.runner.token_logprobs(
-                hidden[rows], torch.tensor(targets, device=self.device), top_k
-            )
-            vals = vals.tolist()
-            if top_v is not None:
-                top_v, top_i = top_v.tolist(), top_i.tolist()
-        offset = 0
-        for s in spans:
-            req = batch.reqs[s.req_index]
-            if s.leading_none:
-                req.input_token_logprobs.append(None)
-                if req.top_logprobs_num:
-                    req.input_top_logprobs.append(None)
-            for k in range(offset, offset + len(s.rows)):
-                req.input_token_logprobs.append(vals[k])
-                if req.top_logprobs_num:
-                    n = req.top_logprobs_num
-                    req.input_top_logprobs.append(list(zip(top_v[k][:n], top_i[k][:n])))
-            offset += len(s.rows)
-
-    @staticmethod
-    def _record_output_logprob(req: Req, out, j: int) -> None:
-        req.output_token_logprobs.append(float(out.logprobs[j]))
-        if req.top_logprobs_num:
-            n = req.top_logprobs_num
-            req.output_top_logprobs.append(
-                list(zip(out.top_logprobs[j][:n].tolist(), out.top_ids[j][:n].tolist()))
-            )
-
-    def _check_finished(self, req: Req) -> None:
-        token = req.output_ids[-1]
-        num_out = len(req.output_ids)
-        if num_out >= req.sampling.min_new_tokens:
-            if token in req.stop_ids:
-                req.finished_reason = FinishReason("stop", matched=token)
-                return
-            matched = self.stop_checker.check(req, token)
-            if matched is not None:
-                req.finished_reason = FinishReason("stop", matched=matched)
-                return
-        elif req.sampling.stop:
-            self.stop_checker.check(req, token)  # keep its text in sync
-        if num_out >= req.max_new_tokens:
-            req.finished_reason = FinishReason("length", length=num_out)
-
     def _release(self, req: Req) -> None:
         """Hand a finished request's KV to the cache, free its row, report it."""
         if req.req_pool_idx is not None:
@@ -444,33 +396,9 @@ class Scheduler:
         self._emit(req)
 
     def _emit(self, req: Req) -> None:
-        if not req.finished:
-            if not req.stream:
-                return
-            interval = req.sampling.stream_interval or self.config.stream_interval
-            req.decode_steps_since_sent += 1
-            if req.decode_steps_since_sent < interval and req.sent_output_len > 0:
-                return
-        req.decode_steps_since_sent = 0
-        start = req.sent_output_len
-        out = ReqOutput(
-            rid=req.rid,
-            new_token_ids=req.output_ids[start:],
-            finished_reason=req.finished_reason.to_json() if req.finished else None,
-            prompt_tokens=req.prompt_len,
-            completion_tokens=len(req.output_ids),
-            cached_tokens=req.cached_tokens,
-            num_retractions=req.num_retractions,
-        )
-        if req.return_logprob:
-            out.output_token_logprobs = req.output_token_logprobs[start:]
-            out.output_top_logprobs = req.output_top_logprobs[start:]
-            if not req.sent_input_logprobs and (req.input_logprobs_done or req.finished):
-                out.input_token_logprobs = list(req.input_token_logprobs)
-                out.input_top_logprobs = list(req.input_top_logprobs)
-                req.sent_input_logprobs = True
-        req.sent_output_len = len(req.output_ids)
-        self._outputs.append(out)
+        out = build_output(req, self.config.stream_interval)
+        if out is not None:
+            self._outputs.append(out)
 
     # ---- maintenance ---------------------------------------------------------------------
     def flush_cache(self) -> bool:
@@ -484,16 +412,6 @@ class Scheduler:
 
     def check_memory_invariants(self) -> None:
         """When idle: every slot is free or cached, every row is free. Raises on a leak."""
-        self.allocator.check_consistency()
         if self.reqs:
             raise RuntimeError(f"{len(self.reqs)} request(s) still live")
-        free = self.allocator.available_size()
-        cached = self.cache.total_size()
-        if free + cached != self.limits.max_total_tokens:
-            raise RuntimeError(
-                f"KV slot leak: free {free} + cached {cached} != pool {self.limits.max_total_tokens}"
-            )
-        if self.cache.protected_size() != 0:
-            raise RuntimeError("cache still holds locked tokens while idle")
-        if self.req_to_token_pool.available_size() != self.req_to_token_pool.size:
-            raise RuntimeError("request row leak in ReqToTokenPool")
+        check_idle_memory(self.allocator, self.cache, self.req_to_token_pool)

@@ -1,4 +1,4 @@
-"""Stop-string detection on the text a request has produced so far.
+"""Finish conditions: stop ids, stop strings (on the text produced so far), length.
 
 Each request with stop strings keeps an :class:`IncrementalDetokenizer`; after every token only
 the newly completed text (plus the longest stop string's length of left context) is searched,
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radixlm.scheduler.req import Req
+from radixlm.scheduler.req import FinishReason, Req
 from radixlm.tokenizer.detokenizer import IncrementalDetokenizer
 
 
@@ -42,3 +42,25 @@ class StopChecker:
             if pos != -1 and (best is None or pos < best[0]):
                 best = (pos, stop)
         return None if best is None else best[1]
+
+
+def check_finished(req: Req, stop_checker: StopChecker) -> None:
+    """Set ``req.finished_reason`` if the token just appended ends the request.
+
+    Order: stop token ids / EOS, then stop strings, then length. While fewer than
+    ``min_new_tokens`` are out, stops are ignored (the sampler masks stop ids meanwhile).
+    """
+    token = req.output_ids[-1]
+    num_out = len(req.output_ids)
+    if num_out >= req.sampling.min_new_tokens:
+        if token in req.stop_ids:
+            req.finished_reason = FinishReason("stop", matched=token)
+            return
+        matched = stop_checker.check(req, token)
+        if matched is not None:
+            req.finished_reason = FinishReason("stop", matched=matched)
+            return
+    elif req.sampling.stop:
+        stop_checker.check(req, token)  # keep its decoded text in sync
+    if num_out >= req.max_new_tokens:
+        req.finished_reason = FinishReason("length", length=num_out)

@@ -1,0 +1,92 @@
+"""Per-request results of a step: logprob bookkeeping and ``ReqOutput`` deltas.
+
+Input logprobs accumulate chunk by chunk (one entry per prompt token from
+``logprob_start_len``; the first prompt token's is None) and are sent once, when the prompt
+is done. Streams get a delta every ``stream_interval`` decode steps; other requests get one
+``ReqOutput`` when they finish.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from radixlm.scheduler.batch import ScheduleBatch
+from radixlm.scheduler.io import ReqOutput
+from radixlm.scheduler.req import Req
+
+if TYPE_CHECKING:
+    from radixlm.engine.model_runner import ModelRunner
+
+
+def record_input_logprobs(batch: ScheduleBatch, hidden: torch.Tensor, runner: ModelRunner) -> None:
+    spans = batch.plan.input_spans
+    if not spans:
+        return
+    rows = [row for s in spans for row in s.rows]
+    targets = [t for s in spans for t in s.targets]
+    top_k = max(batch.reqs[s.req_index].top_logprobs_num for s in spans)
+    vals: list[float] = []
+    top_v: list[list[float]] = []
+    top_i: list[list[int]] = []
+    if rows:
+        lp, tv, ti = runner.token_logprobs(
+            hidden[rows], torch.tensor(targets, device=hidden.device), top_k
+        )
+        vals = lp.tolist()
+        if tv is not None:
+            top_v, top_i = tv.tolist(), ti.tolist()
+    offset = 0
+    for s in spans:
+        req = batch.reqs[s.req_index]
+        n = req.top_logprobs_num
+        if s.leading_none:
+            req.input_token_logprobs.append(None)
+            if n:
+                req.input_top_logprobs.append(None)
+        for k in range(offset, offset + len(s.rows)):
+            req.input_token_logprobs.append(vals[k])
+            if n:
+                req.input_top_logprobs.append(list(zip(top_v[k][:n], top_i[k][:n])))
+        offset += len(s.rows)
+
+
+def record_output_logprob(
+    req: Req, logprob: float, top_v: list[float] | None, top_i: list[int] | None
+) -> None:
+    req.output_token_logprobs.append(logprob)
+    n = req.top_logprobs_num
+    if n and top_v is not None:
+        req.output_top_logprobs.append(list(zip(top_v[:n], top_i[:n])))
+
+
+def build_output(req: Req, default_interval: int) -> ReqOutput | None:
+    """The delta since the last output of ``req``, or None if nothing is due yet."""
+    if not req.finished:
+        if not req.stream:
+            return None
+        interval = req.sampling.stream_interval or default_interval
+        req.decode_steps_since_sent += 1
+        if req.decode_steps_since_sent < interval and req.sent_output_len > 0:
+            return None
+    req.decode_steps_since_sent = 0
+    start = req.sent_output_len
+    out = ReqOutput(
+        rid=req.rid,
+        new_token_ids=req.output_ids[start:],
+        finished_reason=req.finished_reason.to_json() if req.finished else None,
+        prompt_tokens=req.prompt_len,
+        completion_tokens=len(req.output_ids),
+        cached_tokens=req.cached_tokens,
+        num_retractions=req.num_retractions,
+    )
+    if req.return_logprob:
+        out.output_token_logprobs = req.output_token_logprobs[start:]
+        out.output_top_logprobs = req.output_top_logprobs[start:]
+        if not req.sent_input_logprobs and (req.input_logprobs_done or req.finished):
+            out.input_token_logprobs = list(req.input_token_logprobs)
+            out.input_top_logprobs = list(req.input_top_logprobs)
+            req.sent_input_logprobs = True
+    req.sent_output_len = len(req.output_ids)
+    return out
