@@ -1,6 +1,6 @@
 """Offline generation with the in-process engine (bundled demo model unless a path is given).
 
-    python examples/offline_generate.py [MODEL_DIR]
+python examples/offline_generate.py [MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def main() -> None:
 
         # Streaming: each chunk carries the cumulative text.
         shown = 0
-        for chunk in engine.generate("Tim had a big red ball.", {"max_new_tokens": 32}, stream=True):
+        for chunk in engine.generate(
+            "Tim had a big red ball.", {"max_new_tokens": 32}, stream=True
+        ):
             print(chunk["text"][shown:], end="", flush=True)
             shown = len(chunk["text"])
         print()
