@@ -165,3 +165,22 @@ def test_unknown_engine_option_lists_valid_ones(make_engine):
 
     with pytest.raises(ConfigError, match="max_total_tokens"):
         make_engine(max_total_token=100)
+
+
+def test_return_text_in_logprobs(make_engine):
+    engine = make_engine()
+    r = engine.generate(
+        PROMPT,
+        {"temperature": 0, "max_new_tokens": 3},
+        return_logprob=True,
+        logprob_start_len=1,
+        top_logprobs_num=2,
+        return_text_in_logprobs=True,
+    )
+    meta = r["meta_info"]
+    ids = engine.tokenizer.encode(PROMPT)
+    assert [t[1] for t in meta["input_token_logprobs"]] == ids[1:]
+    assert meta["input_token_logprobs"][0][2] == engine.tokenizer.decode([ids[1]])
+    assert "".join(t[2] for t in meta["output_token_logprobs"]) == ",therewas"
+    for top in meta["output_top_logprobs"]:
+        assert len(top) == 2 and all(isinstance(t[2], str) for t in top)
