@@ -58,3 +58,13 @@ def hf_logprobs(model_path: str, ids: list[int]) -> torch.Tensor:
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     with torch.no_grad():
         return torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def assert_input_logprobs(inputs: list, ids: list[int], ref: torch.Tensor, start: int) -> None:
+    """``inputs`` (from meta_info) score prompt tokens ``ids[start:]`` as transformers does."""
+    assert [t[1] for t in inputs] == ids[start:]
+    for j, (lp, tid, _) in enumerate(inputs):
+        if start + j == 0:
+            assert lp is None
+        else:
+            assert abs(lp - float(ref[start + j - 1, tid])) < 1e-4

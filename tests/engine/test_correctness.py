@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.conftest import TINY_ARCHS
-from tests.engine.conftest import hf_greedy, hf_logprobs
+from tests.engine.conftest import assert_input_logprobs, hf_greedy, hf_logprobs
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 GREEDY = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
@@ -74,10 +74,7 @@ def test_logprob_start_len_offsets(tiny_models, random_prompts, make_engine):
         return_logprob=True,
         logprob_start_len=10,
     )
-    inputs = r["meta_info"]["input_token_logprobs"]
-    assert [t[1] for t in inputs] == ids[10:]
-    for j, (lp, tid, _) in enumerate(inputs):
-        assert abs(lp - float(ref[10 + j - 1, tid])) < 1e-4
+    assert_input_logprobs(r["meta_info"]["input_token_logprobs"], ids, ref, 10)
     assert r["output_ids"] == [] and r["meta_info"]["finish_reason"] == {
         "type": "length",
         "length": 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.conftest import hf_logprobs
+from tests.engine.conftest import assert_input_logprobs, hf_logprobs
 
 STORY_PROMPTS = [
     "Once upon a time",
@@ -77,10 +77,7 @@ def test_prompt_longer_than_pool_share_is_chunked(tiny_models, random_prompts, m
         return_logprob=True,
         logprob_start_len=3,
     )
-    inputs = r["meta_info"]["input_token_logprobs"]
-    assert [t[1] for t in inputs] == ids[3:]
-    for j, (lp, tid, _) in enumerate(inputs):
-        assert abs(lp - float(ref[3 + j - 1, tid])) < 1e-4
+    assert_input_logprobs(r["meta_info"]["input_token_logprobs"], ids, ref, 3)
 
 
 def test_abort_running_request_in_stream(make_engine):
