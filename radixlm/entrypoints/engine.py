@@ -14,7 +14,7 @@ from typing import Any
 from radixlm.config import EngineConfig
 from radixlm.entrypoints.request import build_requests
 from radixlm.entrypoints.result import ResultBuilder
-from radixlm.errors import RadixLMError, RequestError
+from radixlm.errors import RequestError
 from radixlm.scheduler.io import AbortRequest
 
 logger = logging.getLogger(__name__)
@@ -74,17 +74,11 @@ class Engine:
             vocab_size=self.runner.vocab_size,
         )
         for r in requests:
-            if r.rid in self._builders or r.rid in self.scheduler.reqs:
+            if r.rid in self._builders:
                 raise RequestError(f"request id {r.rid!r} is already in use")
-        submitted = []
-        try:
-            for r, m in zip(requests, metas):
-                self.scheduler.add_request(r)
-                submitted.append(r.rid)
-                self._builders[r.rid] = ResultBuilder(m, self.tokenizer)
-        except RadixLMError:
-            self._abort_and_drain(submitted)
-            raise
+        self.scheduler.add_requests(requests)  # validates all first: nothing queued on error
+        for r, m in zip(requests, metas):
+            self._builders[r.rid] = ResultBuilder(m, self.tokenizer)
         builders = [self._builders[r.rid] for r in requests]
         if stream:
             return self._stream(builders, is_batch)

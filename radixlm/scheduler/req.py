@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from radixlm.errors import RequestError
 from radixlm.sampling_params import SamplingParams
+from radixlm.scheduler.io import TokenizedRequest
 
 
 @dataclass
@@ -84,6 +86,39 @@ class Req:
 
     # Stop-string detection state (incremental detokenizer), created lazily.
     stop_detok: Any = None
+
+    @classmethod
+    def from_tokenized(
+        cls, tr: TokenizedRequest, max_req_len: int, vocab_size: int, eos_ids: tuple[int, ...]
+    ) -> Req:
+        """Validate against the runtime's limits; ``max_new_tokens`` is capped by the context."""
+        sp = tr.sampling
+        prompt_len = len(tr.input_ids)
+        if prompt_len == 0:
+            raise RequestError("the prompt is empty; send at least one token")
+        if prompt_len >= max_req_len:
+            raise RequestError(
+                f"the prompt has {prompt_len} tokens but this server accepts at most "
+                f"{max_req_len - 1} (context length {max_req_len}); shorten the prompt"
+            )
+        bad = [t for t in tr.input_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise RequestError(
+                f"input_ids hold token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}"
+            )
+        stop_ids = tuple(sp.stop_token_ids) + (() if sp.ignore_eos else eos_ids)
+        return cls(
+            rid=tr.rid,
+            origin_input_ids=list(tr.input_ids),
+            sampling=sp,
+            max_new_tokens=min(sp.max_new_tokens, max_req_len - prompt_len),
+            stop_ids=tuple(dict.fromkeys(stop_ids)),
+            stream=tr.stream,
+            return_logprob=tr.return_logprob,
+            logprob_start_len=tr.logprob_start_len if tr.return_logprob else -1,
+            top_logprobs_num=tr.top_logprobs_num if tr.return_logprob else 0,
+            seed_offset=tr.seed_offset,
+        )
 
     @property
     def fill_ids(self) -> list[int]:

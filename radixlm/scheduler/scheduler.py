@@ -79,40 +79,19 @@ class Scheduler:
         self.forward_steps = 0
 
     # ---- intake --------------------------------------------------------------------------
-    def add_request(self, tr: TokenizedRequest) -> None:
-        if tr.rid in self.reqs:
-            raise RequestError(f"request id {tr.rid!r} is already in use")
-        sp = tr.sampling
-        prompt_len = len(tr.input_ids)
-        if prompt_len == 0:
-            raise RequestError("the prompt is empty; send at least one token")
-        if prompt_len >= self.limits.max_req_len:
-            raise RequestError(
-                f"the prompt has {prompt_len} tokens but this server accepts at most "
-                f"{self.limits.max_req_len - 1} (context length {self.limits.max_req_len}); "
-                "shorten the prompt"
-            )
-        vocab = self.runner.vocab_size
-        bad = [t for t in tr.input_ids if not 0 <= t < vocab]
-        if bad:
-            raise RequestError(
-                f"input_ids hold token ids outside the vocabulary [0, {vocab}): {bad[:5]}"
-            )
-        stop_ids = tuple(sp.stop_token_ids) + (() if sp.ignore_eos else self.eos_ids)
-        req = Req(
-            rid=tr.rid,
-            origin_input_ids=list(tr.input_ids),
-            sampling=sp,
-            max_new_tokens=min(sp.max_new_tokens, self.limits.max_req_len - prompt_len),
-            stop_ids=tuple(dict.fromkeys(stop_ids)),
-            stream=tr.stream,
-            return_logprob=tr.return_logprob,
-            logprob_start_len=tr.logprob_start_len if tr.return_logprob else -1,
-            top_logprobs_num=tr.top_logprobs_num if tr.return_logprob else 0,
-            seed_offset=tr.seed_offset,
-        )
-        self.reqs[req.rid] = req
-        self.waiting.append(req)
+    def add_requests(self, trs: list[TokenizedRequest]) -> None:
+        """Validate every request, then queue them all (all or nothing: RequestError)."""
+        rids = [tr.rid for tr in trs]
+        taken = [r for r in rids if r in self.reqs]
+        if taken or len(set(rids)) != len(rids):
+            raise RequestError(f"request id {(taken or rids)[0]!r} is already in use")
+        reqs = [
+            Req.from_tokenized(tr, self.limits.max_req_len, self.runner.vocab_size, self.eos_ids)
+            for tr in trs
+        ]
+        for req in reqs:
+            self.reqs[req.rid] = req
+            self.waiting.append(req)
 
     def abort_request(self, msg: AbortRequest) -> None:
         """Mark a live request; it is finished with type "abort" at the next step."""

@@ -120,6 +120,7 @@ BAD_INPUTS = [
     ({"input_ids": []}, "empty"),
     ({"input_ids": [1, 2, 99999]}, "outside the vocabulary"),
     ({"prompt": "x " * 600}, "shorten the prompt"),
+    ({"prompt": ["Lily", "x " * 600]}, "shorten the prompt"),  # all or nothing
     ({"sampling_params": {"max_new_tokens": -1}}, "max_new_tokens"),
     ({"sampling_params": {"temperature": -0.5}}, "temperature"),
     ({"sampling_params": {"top_p": 0.0}}, "top_p"),
