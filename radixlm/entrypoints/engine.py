@@ -93,33 +93,35 @@ class Engine:
         return results if is_batch else results[0]
 
     def _stream(self, builders: list[ResultBuilder], is_batch: bool) -> Iterator[dict]:
-        by_rid = {b.meta.rid: b for b in builders}
+        # NOTE: builders are marked dirty by whichever call steps the scheduler, so chunks are
+        # not lost when another generate() call runs in between two reads of this stream.
         try:
-            while not all(b.finished for b in builders):
-                for rid in self._step():
-                    b = by_rid.get(rid)
-                    if b is None:
-                        continue
-                    chunk = b.to_dict()
-                    if is_batch:
-                        chunk["index"] = b.meta.index
-                    yield chunk
+            while True:
+                for b in builders:
+                    if b.dirty:
+                        b.dirty = False
+                        chunk = b.to_dict()
+                        if is_batch:
+                            chunk["index"] = b.meta.index
+                        yield chunk
+                if any(b.dirty for b in builders):
+                    continue  # updated by another call while this stream was suspended
+                if all(b.finished for b in builders):
+                    return
+                self._step()
         finally:
             self._abort_and_drain([b.meta.rid for b in builders if not b.finished])
             for b in builders:
                 self._builders.pop(b.meta.rid, None)
 
-    def _step(self) -> list[str]:
-        """One scheduler step; route outputs to their builders; return the rids updated."""
+    def _step(self) -> None:
+        """One scheduler step; route outputs to their builders (marking them dirty)."""
         if not self.scheduler.has_work():
             raise RuntimeError("internal error: the scheduler has no work but requests are pending")
-        updated = []
         for out in self.scheduler.step():
             b = self._builders.get(out.rid)
             if b is not None:
                 b.update(out)
-                updated.append(out.rid)
-        return updated
 
     def _abort_and_drain(self, rids: list[str]) -> None:
         for rid in rids:

@@ -31,6 +31,7 @@ class ResultBuilder:
         self.output_token_logprobs: list[float] = []
         self.output_top_logprobs: list[Any] = []
         self.e2e_latency: float | None = None
+        self.dirty = False  # updated since a stream last read it
         sp = meta.sampling
         self.detok = (
             IncrementalDetokenizer(
@@ -47,6 +48,7 @@ class ResultBuilder:
         return self.finish_reason is not None
 
     def update(self, out: ReqOutput) -> None:
+        self.dirty = True
         self.output_ids.extend(out.new_token_ids)
         self.cached_tokens = out.cached_tokens
         if out.input_token_logprobs is not None:

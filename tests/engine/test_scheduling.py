@@ -150,3 +150,15 @@ def test_flush_cache_refused_while_busy(make_engine):
     assert engine.flush_cache() is False
     list(stream)
     assert engine.flush_cache() is True
+
+
+def test_stream_interleaved_with_another_call_loses_no_chunk(make_engine):
+    engine = make_engine()
+    params = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+    stream = engine.generate("Once upon a time", params, stream=True)
+    first = next(stream)
+    engine.generate("The little dog", {"max_new_tokens": 20})  # steps the stream's request too
+    rest = list(stream)
+    final = (rest or [first])[-1]
+    assert final["meta_info"]["finish_reason"] == {"type": "length", "length": 12}
+    assert final["output_ids"] == engine.generate("Once upon a time", params)["output_ids"]
