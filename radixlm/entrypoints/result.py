@@ -26,10 +26,13 @@ class ResultBuilder:
         self.finish_reason: dict[str, Any] | None = None
         self.prompt_tokens = len(meta.prompt_ids)
         self.cached_tokens = 0
-        self.input_token_logprobs: list[float | None] = []
-        self.input_top_logprobs: list[Any] = []
-        self.output_token_logprobs: list[float] = []
-        self.output_top_logprobs: list[Any] = []
+        # Logprobs as response tuples [logprob, token_id, text | None], converted once on
+        # arrival (a stream re-serialises the result every chunk; decoding token text there
+        # again would cost O(n^2) tokenizer calls).
+        self.input_token_logprobs: list[list[Any]] = []
+        self.input_top_logprobs: list[list[list[Any]] | None] = []
+        self.output_token_logprobs: list[list[Any]] = []
+        self.output_top_logprobs: list[list[list[Any]] | None] = []
         self.e2e_latency: float | None = None
         self.dirty = False  # updated since a stream last read it
         sp = meta.sampling
@@ -52,10 +55,12 @@ class ResultBuilder:
         self.output_ids.extend(out.new_token_ids)
         self.cached_tokens = out.cached_tokens
         if out.input_token_logprobs is not None:
-            self.input_token_logprobs = out.input_token_logprobs
-            self.input_top_logprobs = out.input_top_logprobs or []
-        self.output_token_logprobs.extend(out.output_token_logprobs)
-        self.output_top_logprobs.extend(out.output_top_logprobs)
+            start = max(self.meta.logprob_start_len, 0)
+            in_ids = self.meta.prompt_ids[start:]
+            self.input_token_logprobs = self._tuples(out.input_token_logprobs, in_ids)
+            self.input_top_logprobs = [self._top(t) for t in out.input_top_logprobs or []]
+        self.output_token_logprobs += self._tuples(out.output_token_logprobs, out.new_token_ids)
+        self.output_top_logprobs += [self._top(t) for t in out.output_top_logprobs]
         if self.detok is not None:
             self.text += self.detok.add(out.new_token_ids)
         if out.finished_reason is not None:
@@ -98,15 +103,11 @@ class ResultBuilder:
         if self.e2e_latency is not None:
             meta["e2e_latency"] = self.e2e_latency
         if self.meta.return_logprob:
-            start = max(self.meta.logprob_start_len, 0)
-            in_ids = self.meta.prompt_ids[start:] if self.meta.logprob_start_len >= 0 else []
-            meta["input_token_logprobs"] = self._tuples(self.input_token_logprobs, in_ids)
-            meta["output_token_logprobs"] = self._tuples(
-                self.output_token_logprobs, self.output_ids
-            )
+            meta["input_token_logprobs"] = list(self.input_token_logprobs)
+            meta["output_token_logprobs"] = list(self.output_token_logprobs)
             if self.meta.top_logprobs_num > 0:
-                meta["input_top_logprobs"] = [self._top(t) for t in self.input_top_logprobs]
-                meta["output_top_logprobs"] = [self._top(t) for t in self.output_top_logprobs]
+                meta["input_top_logprobs"] = list(self.input_top_logprobs)
+                meta["output_top_logprobs"] = list(self.output_top_logprobs)
         return {"text": self.visible_text(), "output_ids": list(self.output_ids), "meta_info": meta}
 
     def _token_text(self, tid: int) -> str | None:

@@ -36,6 +36,13 @@ class ReqToTokenPool:
         """Set ``row[start : start + len(slots)] = slots``."""
         self.req_to_token[row, start : start + slots.numel()] = slots.to(torch.int32)
 
+    def write_tokens(self, rows: list[int], cols: list[int], slots: torch.Tensor) -> None:
+        """Set ``req_to_token[rows[i], cols[i]] = slots[i]`` for every i (one indexed write)."""
+        dev = self.req_to_token.device
+        self.req_to_token[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = (
+            slots.to(torch.int32)
+        )
+
     def read(self, row: int, end: int, start: int = 0) -> torch.Tensor:
         """Slots of tokens ``[start, end)`` of the request in ``row`` as int64."""
         return self.req_to_token[row, start:end].long()

@@ -78,7 +78,7 @@ class PrefillAdder:
         """Admit ``req`` whole or as a chunk. Returns False once the batch is full."""
         if self.rem_requests <= 0:
             return False
-        extend = len(req.fill_ids) - prefix_len
+        extend = req.fill_len - prefix_len
         unconstrained = not self.admitted and self.nothing_running
         if self.rem_chunk is not None and extend > self.rem_chunk:
             # Chunk: compute what the chunk budget allows now; reserve no output yet.

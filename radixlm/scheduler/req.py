@@ -49,7 +49,6 @@ class Req:
     top_logprobs_num: int = 0
     seed_offset: int = 0
     arrival: float = field(default_factory=time.monotonic)
-    created_at: float = field(default_factory=time.time)
 
     output_ids: list[int] = field(default_factory=list)
     finished_reason: FinishReason | None = None
@@ -65,7 +64,6 @@ class Req:
     num_retractions: int = 0
 
     # This round's extend (set by the scheduler when admitting).
-    extend_len: int = 0
     is_chunked: bool = False  # True while the extend round does not reach the end of fill_ids
 
     # Logprobs. Input entries: one per prompt token from logprob_start_len (first is None).
@@ -89,9 +87,10 @@ class Req:
 
     @classmethod
     def from_tokenized(
-        cls, tr: TokenizedRequest, max_req_len: int, vocab_size: int, eos_ids: tuple[int, ...]
+        cls, tr: TokenizedRequest, max_req_len: int, eos_ids: tuple[int, ...]
     ) -> Req:
-        """Validate against the runtime's limits; ``max_new_tokens`` is capped by the context."""
+        """Check the runtime's limits (token ids were validated by the front end,
+        ``entrypoints/request.py``); ``max_new_tokens`` is capped by the context."""
         sp = tr.sampling
         prompt_len = len(tr.input_ids)
         if prompt_len == 0:
@@ -100,11 +99,6 @@ class Req:
             raise RequestError(
                 f"the prompt has {prompt_len} tokens but this server accepts at most "
                 f"{max_req_len - 1} (context length {max_req_len}); shorten the prompt"
-            )
-        bad = [t for t in tr.input_ids if not 0 <= t < vocab_size]
-        if bad:
-            raise RequestError(
-                f"input_ids hold token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}"
             )
         stop_ids = tuple(sp.stop_token_ids) + (() if sp.ignore_eos else eos_ids)
         return cls(
@@ -125,6 +119,11 @@ class Req:
         return self.origin_input_ids + self.output_ids
 
     @property
+    def fill_len(self) -> int:
+        """``len(fill_ids)`` without building the list."""
+        return len(self.origin_input_ids) + len(self.output_ids)
+
+    @property
     def prompt_len(self) -> int:
         return len(self.origin_input_ids)
 
@@ -142,7 +141,7 @@ class Req:
         At least one token is always recomputed (its logits feed the sampler); prompt positions
         whose logprobs are still owed must be recomputed as well.
         """
-        limit = len(self.fill_ids) - 1
+        limit = self.fill_len - 1
         if self.wants_input_logprobs:
             limit = min(limit, max(self.logprob_start_len, 1) - 1)
         return max(limit, 0)
@@ -167,12 +166,11 @@ class Req:
             self.output_counts[token] += 1
             self.seen[token] = True
 
-    def reset_for_retract(self) -> None:
-        """Back to the waiting queue: keep outputs, forget memory (re-prefilled later)."""
+    def reset_memory(self) -> None:
+        """Forget all memory state (the caller has released it); outputs are kept, so the
+        request is re-prefilled with prompt + outputs when admitted again."""
         self.req_pool_idx = None
         self.kv_len = 0
         self.cache_protected_len = 0
         self.last_node = None
-        self.extend_len = 0
         self.is_chunked = False
-        self.num_retractions += 1

@@ -76,7 +76,6 @@ class Scheduler:
         ) / NEW_TOKEN_RATIO_DECAY_STEPS
         self.new_token_ratio = self.init_new_token_ratio
         self.num_retractions = 0
-        self.forward_steps = 0
 
     # ---- intake --------------------------------------------------------------------------
     def add_requests(self, trs: list[TokenizedRequest]) -> None:
@@ -85,10 +84,7 @@ class Scheduler:
         taken = [r for r in rids if r in self.reqs]
         if taken or len(set(rids)) != len(rids):
             raise RequestError(f"request id {(taken or rids)[0]!r} is already in use")
-        reqs = [
-            Req.from_tokenized(tr, self.limits.max_req_len, self.runner.vocab_size, self.eos_ids)
-            for tr in trs
-        ]
+        reqs = [Req.from_tokenized(tr, self.limits.max_req_len, self.eos_ids) for tr in trs]
         for req in reqs:
             self.reqs[req.rid] = req
             self.waiting.append(req)
@@ -190,7 +186,6 @@ class Scheduler:
             if not resuming:
                 self.waiting.remove(req)
             self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, slots)
-            req.extend_len = adm.extend_len
             req.is_chunked = adm.chunked
             reqs.append(req)
             prefix_lens.append(req.kv_len)
@@ -226,8 +221,7 @@ class Scheduler:
     def _detach(self, req: Req) -> None:
         self.cache.unlock(req.last_node)
         self.req_to_token_pool.free(req.req_pool_idx)
-        req.reset_for_retract()
-        req.num_retractions -= 1  # not a retraction: it never ran
+        req.reset_memory()
 
     def _alloc_slots(self, n: int) -> torch.Tensor | None:
         slots = self.allocator.alloc(n)
@@ -248,9 +242,9 @@ class Scheduler:
             self.new_token_ratio = max(
                 self.new_token_ratio - self.new_token_ratio_decay, self.min_new_token_ratio
             )
-        for req, slot in zip(self.running, slots.view(-1, 1)):
-            self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, slot)
-            req.extend_len = 1
+        self.req_to_token_pool.write_tokens(
+            [r.req_pool_idx for r in self.running], [r.kv_len for r in self.running], slots
+        )
         n = len(self.running)
         return ScheduleBatch(
             mode=ForwardMode.DECODE,
@@ -296,14 +290,14 @@ class Scheduler:
     def _requeue(self, req: Req) -> None:
         self.cache.cache_finished_req(req, req.fill_ids[: req.kv_len])
         self.req_to_token_pool.free(req.req_pool_idx)
-        req.reset_for_retract()
+        req.reset_memory()
+        req.num_retractions += 1
         self.waiting.append(req)
 
     # ---- run + results -------------------------------------------------------------------
     def _run_batch(self, batch: ScheduleBatch) -> None:
         fb = batch.to_forward_batch(self.req_to_token_pool, self.kv_pool, self.device)
         hidden = self.runner.forward(fb)
-        self.forward_steps += 1
         plan = batch.plan
         next_ids: list[int] = []
         sample_out = None
