@@ -61,6 +61,11 @@ class EngineConfig:
         "default 8192 on CUDA, 2048 on CPU",
     )
     schedule_policy: str = _opt("lpm", "waiting-queue order", SCHEDULE_POLICIES)
+    schedule_aging_tokens_per_pass: int = _opt(
+        32,
+        "lpm/dfs-weight: each scheduling pass a request waits counts as this many matched "
+        "tokens, so a cache miss waits at most ceil(longest match / N) passes; 0 disables",
+    )
     schedule_conservativeness: float = _opt(
         1.0, "scales the reserved decode room; >1 retracts less, admits less"
     )
@@ -110,6 +115,8 @@ class EngineConfig:
             raise ConfigError("chunked_prefill_size must be >= 1, or -1 to disable chunking")
         if self.stream_interval < 1:
             raise ConfigError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        if self.schedule_aging_tokens_per_pass < 0:
+            raise ConfigError("schedule_aging_tokens_per_pass must be >= 0 (0 disables aging)")
         if self.schedule_conservativeness <= 0:
             raise ConfigError("schedule_conservativeness must be > 0")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:

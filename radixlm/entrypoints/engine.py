@@ -53,8 +53,13 @@ class Engine:
         return_text_in_logprobs: bool = False,
         stream: bool = False,
         rid: str | list[str] | None = None,
+        cache_salt: str | list[str] | None = None,
+        extra_key: str | list[str] | None = None,
     ) -> dict | list[dict] | Iterator[dict]:
         """Generate for one prompt (→ dict) or a batch / ``n > 1`` (→ list of dicts).
+
+        ``cache_salt`` / ``extra_key`` put a request in a prefix-cache namespace: KV is shared
+        only between requests whose salt and extra key are both equal (tenant isolation).
 
         With ``stream=True`` returns an iterator of result-shaped dicts whose ``text`` is
         cumulative; batch streams add ``"index"``. Closing the iterator early aborts its requests.
@@ -72,6 +77,8 @@ class Engine:
             stream=stream,
             tokenizer=self.tokenizer,
             vocab_size=self.runner.vocab_size,
+            cache_salt=cache_salt,
+            extra_key=extra_key,
         )
         for r in requests:
             if r.rid in self._builders:
@@ -151,6 +158,7 @@ class Engine:
             max_req_input_len=lim.max_req_len - 1,
             dtype=str(self.runner.dtype).replace("torch.", ""),
         )
+        info.update(self.scheduler.get_stats())
         return info
 
     def shutdown(self) -> None:

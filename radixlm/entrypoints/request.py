@@ -64,6 +64,8 @@ def build_requests(
     stream: bool,
     tokenizer: Any | None,
     vocab_size: int,
+    cache_salt: str | list[str] | None = None,
+    extra_key: str | list[str] | None = None,
 ) -> tuple[list[TokenizedRequest], list[RequestMeta], bool]:
     """Returns (requests to submit, their metadata in output order, whether the call is a batch)."""
     if (text is None) == (input_ids is None):
@@ -108,6 +110,8 @@ def build_requests(
     lp_items = _per_item(return_logprob, num, "return_logprob", (bool,))
     start_items = _per_item(logprob_start_len, num, "logprob_start_len", (int,))
     top_items = _per_item(top_logprobs_num, num, "top_logprobs_num", (int,))
+    salt_items = _per_item(cache_salt, num, "cache_salt", (str,))
+    extra_items = _per_item(extra_key, num, "extra_key", (str,))
     if not isinstance(return_text_in_logprobs, bool):
         raise RequestError("return_text_in_logprobs must be true or false")
     if not isinstance(stream, bool):
@@ -142,6 +146,8 @@ def build_requests(
                     logprob_start_len=start,
                     top_logprobs_num=top,
                     seed_offset=k,
+                    cache_salt=salt_items[i],
+                    extra_key=extra_items[i],
                 )
             )
             metas.append(

@@ -33,10 +33,19 @@ class MatchResult:
     handle: Any  # cache node to lock while a request uses the prefix (None: nothing to lock)
 
 
+@dataclass
+class CacheStats:
+    """Monotonic counters (a flush does not reset them)."""
+
+    evicted_tokens: int = 0
+    op_seconds: float = 0.0  # wall time inside tree operations (match/insert/evict)
+
+
 class PrefixCache(ABC):
     def __init__(self, req_to_token_pool: ReqToTokenPool, allocator: SlotAllocator) -> None:
         self.req_to_token_pool = req_to_token_pool
         self.allocator = allocator
+        self.stats = CacheStats()
 
     @property
     def shares_prefixes(self) -> bool:
@@ -44,13 +53,16 @@ class PrefixCache(ABC):
         return True
 
     @abstractmethod
-    def match_prefix(self, token_ids: list[int]) -> MatchResult: ...
+    def match_prefix(self, token_ids: list[int], namespace: str | None = None) -> MatchResult:
+        """Longest cached prefix of ``token_ids`` within ``namespace`` (None: the shared one)."""
 
     @abstractmethod
-    def lock(self, handle: Any) -> None: ...
+    def lock(self, handle: Any) -> int:
+        """Protect a matched prefix from eviction; returns tokens newly protected."""
 
     @abstractmethod
-    def unlock(self, handle: Any) -> None: ...
+    def unlock(self, handle: Any) -> int:
+        """Undo one ``lock``; returns tokens that became evictable."""
 
     @abstractmethod
     def cache_finished_req(self, req: Req, token_ids: list[int]) -> None:
@@ -73,6 +85,14 @@ class PrefixCache(ABC):
     def total_size(self) -> int:
         return self.evictable_size() + self.protected_size()
 
+    def cached_slots(self) -> torch.Tensor:
+        """Every slot the cache owns (for leak checks)."""
+        return torch.empty(0, dtype=torch.int64, device=self.allocator.device)
+
+    def check_invariants(self) -> None:
+        """Raise if the cache's internal bookkeeping is inconsistent (nothing to check here)."""
+        return None
+
     @abstractmethod
     def reset(self) -> None:
         """Forget everything (the caller resets the allocator). Only valid when idle."""
@@ -85,14 +105,14 @@ class ChunkCache(PrefixCache):
     def shares_prefixes(self) -> bool:
         return False
 
-    def match_prefix(self, token_ids: list[int]) -> MatchResult:
+    def match_prefix(self, token_ids: list[int], namespace: str | None = None) -> MatchResult:
         return MatchResult(torch.empty(0, dtype=torch.int64, device=self.allocator.device), None)
 
-    def lock(self, handle: Any) -> None:
-        pass
+    def lock(self, handle: Any) -> int:
+        return 0
 
-    def unlock(self, handle: Any) -> None:
-        pass
+    def unlock(self, handle: Any) -> int:
+        return 0
 
     def cache_finished_req(self, req: Req, token_ids: list[int]) -> None:
         if req.kv_len:
@@ -119,18 +139,27 @@ class ChunkCache(PrefixCache):
 def create_prefix_cache(
     disable_radix_cache: bool, req_to_token_pool: ReqToTokenPool, allocator: SlotAllocator
 ) -> PrefixCache:
-    """The radix tree arrives in a later change; until then every config uses ChunkCache."""
-    return ChunkCache(req_to_token_pool, allocator)
+    """The one switch between sharing (radix tree) and no sharing; the scheduler never asks."""
+    if disable_radix_cache:
+        return ChunkCache(req_to_token_pool, allocator)
+    from radixlm.mem.radix_cache import RadixCache  # NOTE: local import, radix_cache imports us
+
+    return RadixCache(req_to_token_pool, allocator)
 
 
 def check_idle_memory(
     allocator: SlotAllocator, cache: PrefixCache, req_to_token_pool: ReqToTokenPool
 ) -> None:
-    """With no request live: ``free + cached == pool``, nothing locked, every row free."""
+    """With no request live: every slot ``1..size`` is either free or cached (exactly once),
+    nothing is locked, every request row is free."""
     allocator.check_consistency()
+    cache.check_invariants()
     free, cached = allocator.available_size(), cache.total_size()
     if free + cached != allocator.size:
         raise RuntimeError(f"KV slot leak: free {free} + cached {cached} != pool {allocator.size}")
+    owned = torch.cat((allocator.free_slots().cpu(), cache.cached_slots().cpu()))
+    if torch.unique(owned).numel() != allocator.size:
+        raise RuntimeError("KV slot owned twice: a cached slot is also on the free list")
     if cache.protected_size() != 0:
         raise RuntimeError("cache still holds locked tokens while idle")
     if req_to_token_pool.available_size() != req_to_token_pool.size:

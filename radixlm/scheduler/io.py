@@ -25,6 +25,9 @@ class TokenizedRequest:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     seed_offset: int = 0  # i-th of n parallel samples draws with sampling_seed + i
+    # Prefix-cache namespace: requests share cached KV only when both fields are equal.
+    cache_salt: str | None = None
+    extra_key: str | None = None
 
 
 @dataclass

@@ -1,9 +1,20 @@
 """Waiting-queue order and prefill admission budgets.
 
 Policies: ``fcfs`` (arrival order), ``lof`` (longest remaining output first), ``random``, and
-the cache-aware ``lpm`` (longest cached prefix first) / ``dfs-weight``. Cache-aware policies
-fall back to FCFS when the cache cannot share prefixes or more than ``LPM_FALLBACK_QUEUE``
-requests wait (matching every request each step would cost more than it saves).
+the cache-aware ``lpm`` (longest cached prefix first) and ``dfs-weight`` (walk the radix tree
+heaviest subtree first, so requests sharing a prefix run together). Cache-aware policies fall
+back to FCFS when the cache cannot share prefixes or more than ``LPM_FALLBACK_QUEUE`` requests
+wait (matching every request each pass would cost more than it saves).
+
+Cache-aware extras:
+
+- *In-batch prefix awareness*: a request with a short cached match that shares at least
+  ``IN_BATCH_PREFIX_TOKENS`` uncached tokens with a request ahead of it is moved back, so the
+  one ahead computes the shared prefix and the rest hit the cache on a later pass.
+- *Aging*: each pass a request spends waiting counts as ``aging`` matched tokens (lpm sort key
+  ``matched + aging × passes``); under dfs-weight a request whose bonus exceeds the longest
+  match in the queue goes first. Either way a cache miss waits at most
+  ``ceil(longest match / aging)`` passes behind cache hits (sgl-project/sglang#31954).
 
 Admission (``PrefillAdder``): a request is admitted while
 ``extend_len + reserve(output) <= available + evictable − reserved_by_running``, where the
@@ -17,13 +28,19 @@ from __future__ import annotations
 
 import math
 import random
+from collections import defaultdict
 from dataclasses import dataclass, field
 
+import torch
+
 from radixlm.mem.cache import MatchResult, PrefixCache
+from radixlm.mem.kv_pool import SlotAllocator
+from radixlm.mem.radix_cache import RadixCache
 from radixlm.scheduler.req import Req
 
 CLIP_MAX_NEW_TOKENS = 4096
 LPM_FALLBACK_QUEUE = 128
+IN_BATCH_PREFIX_TOKENS = 32
 INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
 NEW_TOKEN_RATIO_DECAY_STEPS = 600
@@ -31,15 +48,30 @@ RETRACT_DECODE_STEPS = 20
 
 
 def order_waiting_queue(
-    waiting: list[Req], policy: str, cache: PrefixCache, rng: random.Random
+    waiting: list[Req], policy: str, cache: PrefixCache, rng: random.Random, aging: int = 0
 ) -> dict[int, MatchResult]:
-    """Sort ``waiting`` in place; returns prefix matches computed on the way (by ``id(req)``)."""
+    """Sort ``waiting`` in place (one scheduling pass); returns the prefix matches computed on
+    the way, by ``id(req)``. Every waiting request's ``waiting_passes`` grows by one."""
+    for req in waiting:
+        req.waiting_passes += 1
     matches: dict[int, MatchResult] = {}
     cache_aware = policy in ("lpm", "dfs-weight")
     if cache_aware and cache.shares_prefixes and len(waiting) <= LPM_FALLBACK_QUEUE:
+        waiting.sort(key=lambda r: r.arrival)
         for req in waiting:
-            matches[id(req)] = cache.match_prefix(req.fill_ids[: req.max_cacheable_prefix()])
-        waiting.sort(key=lambda r: (-len(matches[id(r)].slots), r.arrival))
+            ids = req.fill_ids[: req.max_cacheable_prefix()]
+            matches[id(req)] = cache.match_prefix(ids, req.cache_namespace)
+        deferred = _in_batch_deferred(waiting, matches)
+        if policy == "lpm":
+            waiting.sort(
+                key=lambda r: (
+                    id(r) in deferred,
+                    -(len(matches[id(r)].slots) + aging * r.waiting_passes),
+                    r.arrival,
+                )
+            )
+        else:
+            _sort_dfs_weight(waiting, matches, deferred, aging)
     elif policy == "lof":
         waiting.sort(key=lambda r: (-r.remaining_new_tokens(), r.arrival))
     elif policy == "random":
@@ -47,6 +79,61 @@ def order_waiting_queue(
     else:
         waiting.sort(key=lambda r: r.arrival)
     return matches
+
+
+def _in_batch_deferred(waiting: list[Req], matches: dict[int, MatchResult]) -> set[int]:
+    """Requests (by id) whose uncached prefix an earlier waiting request will compute first."""
+    scratch: RadixCache | None = None
+    deferred: set[int] = set()
+    for req in waiting:
+        if len(matches[id(req)].slots) > IN_BATCH_PREFIX_TOKENS:
+            continue
+        if scratch is None:  # a tree of waiting prompts; its values are unused
+            scratch = RadixCache(None, SlotAllocator(0, "cpu"))  # type: ignore[arg-type]
+        ids = req.fill_ids
+        if len(scratch.match_prefix(ids, req.cache_namespace).slots) >= IN_BATCH_PREFIX_TOKENS:
+            deferred.add(id(req))
+        else:
+            scratch.insert(ids, torch.zeros(len(ids), dtype=torch.int64), req.cache_namespace)
+    return deferred
+
+
+def _sort_dfs_weight(
+    waiting: list[Req], matches: dict[int, MatchResult], deferred: set[int], aging: int
+) -> None:
+    """Order by a DFS over the tree, heaviest subtree (most waiting requests) first; requests
+    are emitted at the node where their match ends, deeper nodes before their ancestors."""
+    longest = max(len(m.slots) for m in matches.values())
+    overdue = [r for r in waiting if aging and aging * r.waiting_passes > longest]
+    overdue_ids = {id(r) for r in overdue}
+    at_node: dict = defaultdict(list)
+    weight: dict = defaultdict(int)
+    children: dict = defaultdict(list)
+    root = None
+    for req in waiting:
+        if id(req) in overdue_ids or id(req) in deferred:
+            continue
+        node = matches[id(req)].handle
+        at_node[id(node)].append(req)
+        while node is not None:
+            if weight[id(node)] == 0 and node.parent is not None:
+                children[id(node.parent)].append(node)
+            weight[id(node)] += 1
+            root, node = node, node.parent
+    ordered: list[Req] = list(overdue)
+    stack = [root] if root is not None else []
+    post: list = []
+    while stack:  # iterative DFS; a node's requests come after its whole subtree
+        node = stack.pop()
+        if node is None:
+            ordered.extend(post.pop())
+            continue
+        stack.append(None)
+        post.append(at_node.get(id(node), []))
+        kids = sorted(children.get(id(node), []), key=lambda n: weight[id(n)])
+        stack.extend(kids)  # the heaviest child is popped first
+    ordered.extend(r for r in waiting if id(r) in deferred and id(r) not in overdue_ids)
+    waiting[:] = ordered
 
 
 @dataclass

@@ -48,7 +48,9 @@ class Req:
     logprob_start_len: int = -1  # -1: no prompt logprobs
     top_logprobs_num: int = 0
     seed_offset: int = 0
+    cache_namespace: tuple[str | None, str | None] | None = None  # (extra_key, cache_salt)
     arrival: float = field(default_factory=time.monotonic)
+    waiting_passes: int = 0  # scheduling passes spent waiting since (re)queued (aging)
 
     output_ids: list[int] = field(default_factory=list)
     finished_reason: FinishReason | None = None
@@ -112,6 +114,11 @@ class Req:
             logprob_start_len=tr.logprob_start_len if tr.return_logprob else -1,
             top_logprobs_num=tr.top_logprobs_num if tr.return_logprob else 0,
             seed_offset=tr.seed_offset,
+            cache_namespace=(
+                (tr.extra_key, tr.cache_salt)
+                if tr.extra_key is not None or tr.cache_salt is not None
+                else None
+            ),
         )
 
     @property

@@ -24,7 +24,7 @@ from radixlm.engine.forward_batch import ForwardMode
 from radixlm.engine.model_runner import ModelRunner
 from radixlm.engine.sampler import Sampler, SamplingRow
 from radixlm.errors import RequestError
-from radixlm.mem.cache import check_idle_memory, create_prefix_cache
+from radixlm.mem.cache import MatchResult, check_idle_memory, create_prefix_cache
 from radixlm.scheduler.batch import ScheduleBatch, plan_decode_logits, plan_extend_logits
 from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
 from radixlm.scheduler.output import build_output, record_input_logprobs, record_output_logprob
@@ -38,6 +38,7 @@ from radixlm.scheduler.policy import (
     order_waiting_queue,
 )
 from radixlm.scheduler.req import FinishReason, Req
+from radixlm.scheduler.stats import SchedulerStats
 from radixlm.scheduler.stop import StopChecker, check_finished
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Scheduler:
             self.init_new_token_ratio - self.min_new_token_ratio
         ) / NEW_TOKEN_RATIO_DECAY_STEPS
         self.new_token_ratio = self.init_new_token_ratio
-        self.num_retractions = 0
+        self.stats = SchedulerStats()
 
     # ---- intake --------------------------------------------------------------------------
     def add_requests(self, trs: list[TokenizedRequest]) -> None:
@@ -149,42 +150,64 @@ class Scheduler:
             new_token_ratio=self.new_token_ratio,
             nothing_running=num_running == 0,
         )
-        matches = {}
+        matches: dict[int, MatchResult] = {}
         # At most one request is mid-chunk: it resumes first, and nobody else may start a
         # chunk (or overtake it) until it has been admitted this step.
         admit_waiting = True
         if self.chunked_req is not None:
             adder.try_add(self.chunked_req, self.chunked_req.kv_len)
             admit_waiting = bool(adder.admitted) and adder.rem_chunk != 0
-        if self.waiting and admit_waiting:
+        rows_free = self.req_to_token_pool.available_size()
+        if self.waiting and admit_waiting and rows_free and adder.rem_requests > 0:
             matches = order_waiting_queue(
-                self.waiting, self.config.schedule_policy, self.cache, self.rng
+                self.waiting,
+                self.config.schedule_policy,
+                self.cache,
+                self.rng,
+                self.config.schedule_aging_tokens_per_pass,
             )
-            rows_free = self.req_to_token_pool.available_size()
             for req in list(self.waiting):
                 if rows_free == 0:
                     break
                 rows_free -= 1
                 match = matches.get(id(req))
                 if match is None:
-                    match = self.cache.match_prefix(req.fill_ids[: req.max_cacheable_prefix()])
-                    matches[id(req)] = match
-                if not adder.try_add(req, len(match.slots)):
+                    ids = req.fill_ids[: req.max_cacheable_prefix()]
+                    match = matches[id(req)] = self.cache.match_prefix(ids, req.cache_namespace)
+                # Lock before anything is allocated, so no eviction can take this prefix; the
+                # locked tokens stop being evictable, so they leave the budget too.
+                newly_locked = self.cache.lock(match.handle)
+                adder.rem_total -= newly_locked
+                num_admitted = len(adder.admitted)
+                more = adder.try_add(req, len(match.slots))
+                if len(adder.admitted) == num_admitted:
+                    self.cache.unlock(match.handle)
+                    adder.rem_total += newly_locked
+                    break
+                if not more:
                     break
 
+        admitted = adder.admitted
+        for adm in admitted:
+            if adm.req is not self.chunked_req:
+                self._attach_prefix(adm.req, matches[id(adm.req)])
         reqs, prefix_lens, extend_lens, slot_chunks = [], [], [], []
-        for adm in adder.admitted:
+        for k, adm in enumerate(admitted):
             req = adm.req
-            resuming = req is self.chunked_req
-            if not resuming:
-                self._attach_prefix(req, matches[id(req)])
             slots = self._alloc_slots(adm.extend_len)
-            if slots is None:  # budget estimate was off: undo this admission and stop here
-                if not resuming:
-                    self._detach(req)
+            if slots is None:  # budget estimate was off: undo this and later admissions
+                for rest in admitted[k:]:
+                    if rest.req is not self.chunked_req:
+                        self._detach(rest.req)
                 break
-            if not resuming:
+            if req is not self.chunked_req:
                 self.waiting.remove(req)
+                req.waiting_passes = 0
+                self.stats.prefix_queried_tokens += req.fill_len
+                self.stats.prefix_hit_tokens += req.kv_len
+                if not req.admitted_once:
+                    req.cached_tokens = req.kv_len
+                    req.admitted_once = True
             self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, slots)
             req.is_chunked = adm.chunked
             reqs.append(req)
@@ -195,6 +218,7 @@ class Scheduler:
             if not self.running:
                 raise RuntimeError("scheduler made no progress: no prefill fits an idle pool")
             return None  # decode first; finishing requests free memory
+        self.stats.prefill_computed_tokens += sum(extend_lens)
         return ScheduleBatch(
             mode=ForwardMode.EXTEND,
             reqs=reqs,
@@ -204,19 +228,15 @@ class Scheduler:
             plan=plan_extend_logits(reqs, prefix_lens, extend_lens),
         )
 
-    def _attach_prefix(self, req: Req, match) -> None:
-        """Give a newly admitted request a row holding its cached prefix, and lock the prefix."""
+    def _attach_prefix(self, req: Req, match: MatchResult) -> None:
+        """Give a newly admitted request a row holding its cached prefix (already locked)."""
         req.req_pool_idx = self.req_to_token_pool.alloc()
         n = len(match.slots)
         if n:
             self.req_to_token_pool.write(req.req_pool_idx, 0, match.slots)
-        self.cache.lock(match.handle)
         req.last_node = match.handle
         req.kv_len = n
         req.cache_protected_len = n
-        if not req.admitted_once:
-            req.cached_tokens = n
-            req.admitted_once = True
 
     def _detach(self, req: Req) -> None:
         self.cache.unlock(req.last_node)
@@ -272,7 +292,7 @@ class Scheduler:
             self.running.remove(victim)
             self._requeue(victim)
             retracted.append(victim)
-        self.num_retractions += len(retracted)
+        self.stats.num_retractions += len(retracted)
         total_new = sum(r.max_new_tokens for r in self.running) or 1
         done = sum(len(r.output_ids) for r in self.running)
         self.new_token_ratio = min(
@@ -292,6 +312,7 @@ class Scheduler:
         self.req_to_token_pool.free(req.req_pool_idx)
         req.reset_memory()
         req.num_retractions += 1
+        req.waiting_passes = 0
         self.waiting.append(req)
 
     # ---- run + results -------------------------------------------------------------------
@@ -351,6 +372,8 @@ class Scheduler:
                 self._release(req)
             else:
                 if batch.mode.is_extend():
+                    # Share the prompt while the request decodes: later arrivals hit it.
+                    self.cache.cache_unfinished_req(req, req.fill_ids[: req.kv_len])
                     still_running.append(req)
                 self._emit(req)
         if batch.mode.is_extend():
@@ -382,6 +405,26 @@ class Scheduler:
         self.allocator.clear()
         self.req_to_token_pool.clear()
         return True
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters for observability: scheduler totals plus the prefix cache's state."""
+        cache = self.cache
+        out = self.stats.to_dict()
+        out["prefix_cache"] = {
+            "queried_tokens": self.stats.prefix_queried_tokens,
+            "hit_tokens": self.stats.prefix_hit_tokens,
+            "tree_tokens": cache.total_size(),
+            "evictable_tokens": cache.evictable_size(),
+            "protected_tokens": cache.protected_size(),
+            "evicted_tokens": cache.stats.evicted_tokens,
+            "op_seconds": cache.stats.op_seconds,
+        }
+        out.update(
+            num_running_reqs=len(self.running) + (self.chunked_req is not None),
+            num_waiting_reqs=len(self.waiting),
+            free_kv_tokens=self.allocator.available_size(),
+        )
+        return out
 
     def check_memory_invariants(self) -> None:
         """When idle: every slot is free or cached, every row is free. Raises on a leak."""

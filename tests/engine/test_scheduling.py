@@ -48,7 +48,7 @@ def test_tiny_kv_pool_retracts_and_matches(roomy_outputs, make_engine):
     engine = make_engine(max_total_tokens=budget)
     results = engine.generate(STORY_PROMPTS, GREEDY)
     assert [r["output_ids"] for r in results] == roomy_outputs
-    assert engine.scheduler.num_retractions > 0, "the pool was meant to be too small"
+    assert engine.scheduler.stats.num_retractions > 0, "the pool was meant to be too small"
     assert sum(r["meta_info"].get("completion_tokens") for r in results) == 60 * len(STORY_PROMPTS)
 
 
