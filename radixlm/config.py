@@ -64,7 +64,8 @@ class EngineConfig:
     schedule_aging_tokens_per_pass: int = _opt(
         32,
         "lpm/dfs-weight: each scheduling pass a request waits counts as this many matched "
-        "tokens, so a cache miss waits at most ceil(longest match / N) passes; 0 disables",
+        "tokens, so only requests arriving within longest_match // N + 1 passes can overtake a "
+        "cache miss (no starvation); 0 disables",
     )
     schedule_conservativeness: float = _opt(
         1.0, "scales the reserved decode room; >1 retracts less, admits less"

@@ -11,10 +11,11 @@ Cache-aware extras:
 - *In-batch prefix awareness*: a request with a short cached match that shares at least
   ``IN_BATCH_PREFIX_TOKENS`` uncached tokens with a request ahead of it is moved back, so the
   one ahead computes the shared prefix and the rest hit the cache on a later pass.
-- *Aging*: each pass a request spends waiting counts as ``aging`` matched tokens (lpm sort key
-  ``matched + aging × passes``); under dfs-weight a request whose bonus exceeds the longest
-  match in the queue goes first. Either way a cache miss waits at most
-  ``ceil(longest match / aging)`` passes behind cache hits (sgl-project/sglang#31954).
+- *Aging*: each pass a request has spent waiting counts as ``aging`` matched tokens (lpm sort
+  key ``matched + aging × passes``), so a request is only ever overtaken by requests that
+  arrived within ``longest match // aging + 1`` passes after it: a cache miss cannot starve
+  behind a stream of cache hits (sgl-project/sglang#31954). Under dfs-weight a request whose
+  bonus exceeds the longest match in the queue goes first.
 
 Admission (``PrefillAdder``): a request is admitted while
 ``extend_len + reserve(output) <= available + evictable − reserved_by_running``, where the
@@ -49,12 +50,13 @@ RETRACT_DECODE_STEPS = 20
 
 def order_waiting_queue(
     waiting: list[Req], policy: str, cache: PrefixCache, rng: random.Random, aging: int = 0
-) -> dict[int, MatchResult]:
-    """Sort ``waiting`` in place (one scheduling pass); returns the prefix matches computed on
-    the way, by ``id(req)``. Every waiting request's ``waiting_passes`` grows by one."""
-    for req in waiting:
-        req.waiting_passes += 1
+) -> tuple[dict[int, MatchResult], set[int]]:
+    """Sort ``waiting`` in place (one scheduling pass). Returns the prefix matches computed on
+    the way and the deferred requests (both by ``id(req)``): a deferred request should not
+    join a batch that already admitted others — it waits one pass for their shared prefix.
+    Every waiting request's ``waiting_passes`` (passes seen before this one) grows by one."""
     matches: dict[int, MatchResult] = {}
+    deferred: set[int] = set()
     cache_aware = policy in ("lpm", "dfs-weight")
     if cache_aware and cache.shares_prefixes and len(waiting) <= LPM_FALLBACK_QUEUE:
         waiting.sort(key=lambda r: r.arrival)
@@ -78,7 +80,9 @@ def order_waiting_queue(
         rng.shuffle(waiting)
     else:
         waiting.sort(key=lambda r: r.arrival)
-    return matches
+    for req in waiting:
+        req.waiting_passes += 1
+    return matches, deferred
 
 
 def _in_batch_deferred(waiting: list[Req], matches: dict[int, MatchResult]) -> set[int]:

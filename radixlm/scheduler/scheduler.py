@@ -159,7 +159,7 @@ class Scheduler:
             admit_waiting = bool(adder.admitted) and adder.rem_chunk != 0
         rows_free = self.req_to_token_pool.available_size()
         if self.waiting and admit_waiting and rows_free and adder.rem_requests > 0:
-            matches = order_waiting_queue(
+            matches, deferred = order_waiting_queue(
                 self.waiting,
                 self.config.schedule_policy,
                 self.cache,
@@ -169,6 +169,8 @@ class Scheduler:
             for req in list(self.waiting):
                 if rows_free == 0:
                     break
+                if id(req) in deferred and adder.admitted:
+                    break  # its prefix is being computed in this batch: hit it next pass
                 rows_free -= 1
                 match = matches.get(id(req))
                 if match is None:
