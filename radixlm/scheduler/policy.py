@@ -63,7 +63,7 @@ def order_waiting_queue(
         for req in waiting:
             ids = req.fill_ids[: req.max_cacheable_prefix()]
             matches[id(req)] = cache.match_prefix(ids, req.cache_namespace)
-        deferred = _in_batch_deferred(waiting, matches)
+        deferred = _in_batch_deferred(waiting, matches, cache)
         if policy == "lpm":
             waiting.sort(
                 key=lambda r: (
@@ -85,7 +85,9 @@ def order_waiting_queue(
     return matches, deferred
 
 
-def _in_batch_deferred(waiting: list[Req], matches: dict[int, MatchResult]) -> set[int]:
+def _in_batch_deferred(
+    waiting: list[Req], matches: dict[int, MatchResult], cache: PrefixCache
+) -> set[int]:
     """Requests (by id) whose uncached prefix an earlier waiting request will compute first."""
     scratch: RadixCache | None = None
     deferred: set[int] = set()
@@ -94,6 +96,7 @@ def _in_batch_deferred(waiting: list[Req], matches: dict[int, MatchResult]) -> s
             continue
         if scratch is None:  # a tree of waiting prompts; its values are unused
             scratch = RadixCache(None, SlotAllocator(0, "cpu"))  # type: ignore[arg-type]
+            scratch.stats = cache.stats  # its time counts as tree-operation time
         ids = req.fill_ids
         if len(scratch.match_prefix(ids, req.cache_namespace).slots) >= IN_BATCH_PREFIX_TOKENS:
             deferred.add(id(req))
