@@ -1,0 +1,187 @@
+"""Helpers shared by the benchmarks in ``bench/``: the random-weight model, prompts, subprocesses.
+
+Every benchmark measures one random-weight Llama of realistic shape (``ModelShape``), built once
+with a fixed seed and cached in ``bench/.cache/``, with the GPT-2 tokenizer; each system runs in
+its own freshly spawned subprocess (``in_subprocess``). Scripts import this module as ``common``
+(``python bench/<script>.py`` puts ``bench/`` on ``sys.path``, and spawned workers inherit it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TOKENIZER = "../shared/tokenizers/gpt2"
+DEFAULT_SHAREGPT = "../shared/data/sharegpt_mlenergy/ShareGPT_V3_filtered_1000.json"
+CACHE_ROOT = REPO_ROOT / "bench" / ".cache"
+MODEL_SEED = 0
+MB = 2**20
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    kv_heads: int = 4
+    intermediate: int = 2048
+    max_positions: int = 2048
+
+    def key(self, vocab: int) -> str:
+        return (
+            f"llama-h{self.hidden}-l{self.layers}-a{self.heads}-kv{self.kv_heads}"
+            f"-f{self.intermediate}-v{vocab}-ctx{self.max_positions}-tied-seed{MODEL_SEED}"
+        )
+
+
+# ---- setup (parent process) -----------------------------------------------------------------
+def repo_path(p: str) -> Path:
+    """Relative paths are resolved against the repo root, so the script runs from anywhere."""
+    path = Path(p)
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def ensure_model(shape: ModelShape, tokenizer_dir: Path, model_dir: Path | None) -> Path:
+    """Return a checkpoint dir (weights + tokenizer), building and caching it if missing."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    if model_dir is None:
+        model_dir = CACHE_ROOT / shape.key(len(tok))
+    if (model_dir / "bench_model.json").is_file():
+        return model_dir
+    # Build into a temporary sibling and rename, so an interrupted build is never reused.
+    tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    num_params = _build_random_llama(shape, tok, tmp)
+    (tmp / "bench_model.json").write_text(
+        json.dumps({"shape": asdict(shape), "seed": MODEL_SEED, "num_params": num_params})
+    )
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
+    print(f"built {num_params / 1e6:.1f}M-param random Llama in {model_dir}", flush=True)
+    return model_dir
+
+
+def _build_random_llama(shape: ModelShape, tok: Any, out_dir: Path) -> int:
+    import torch
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    transformers.logging.disable_progress_bar()
+
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        intermediate_size=shape.intermediate,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(MODEL_SEED)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_prompts(
+    dataset: Path, tokenizer_dir: Path, n: int, max_len: int, flag: str = "--num-prompts"
+) -> list[list[int]]:
+    """First human turn of the first ``n`` ShareGPT conversations that have one, tokenized +
+    truncated to ``max_len`` tokens. ``flag`` names the option that set ``n`` (for the error)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    with open(dataset) as f:
+        conversations = json.load(f)
+    prompts = []
+    for conv in conversations:
+        text = next((t["value"] for t in conv["conversations"] if t["from"] == "human"), "")
+        ids = tok.encode(text)[:max_len]
+        if ids:
+            prompts.append(ids)
+        if len(prompts) == n:
+            return prompts
+    sys.exit(f"error: {dataset} has only {len(prompts)} usable prompts, {flag} is {n}")
+
+
+# ---- workers (each runs in a fresh subprocess) ----------------------------------------------
+def worker_setup(threads: int, log_level: str) -> None:
+    import torch
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+
+
+def in_subprocess(fn: Any, *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)`` in a fresh spawned process, so its peak RSS and timing are its own."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+# ---- reporting ------------------------------------------------------------------------------
+def agreement(ours: list[list[int]], ref: list[list[int]]) -> dict[str, Any]:
+    """Exact-match count and mean length of the common prefix of paired greedy outputs."""
+    prefixes = []
+    for a, b in zip(ours, ref):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        prefixes.append(n)
+    return {
+        "equal": sum(a == b for a, b in zip(ours, ref)),
+        "total": len(ref),
+        "mean_common_prefix": sum(prefixes) / max(1, len(prefixes)),
+    }
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+    }
