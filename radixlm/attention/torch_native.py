@@ -37,19 +37,24 @@ class _DecodeBucket:
     masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
 
-def length_buckets(seq_lens: list[int], ratio: float = 0.6, slack: int = 64) -> list[list[int]]:
+def length_buckets(
+    seq_lens: list[int], ratio: float = 0.6, slack: int = 64, max_tokens: int = 8192
+) -> list[list[int]]:
     """Group batch positions by KV length so padding stays small.
 
     Sorted by length (longest first), a request opens a new bucket when it is shorter than
     ``ratio`` × the bucket's longest and more than ``slack`` tokens shorter; the padded work is
     then within ~1/ratio of the exact work, with few buckets (one per ~1/ratio length octave).
+    A bucket also closes once its padded size (requests × longest) would pass ``max_tokens``,
+    which bounds the gathered K/V block (transient memory) independently of the batch size.
     """
     order = sorted(range(len(seq_lens)), key=lambda i: -seq_lens[i])
     buckets: list[list[int]] = []
     for i in order:
         if buckets:
             longest = seq_lens[buckets[-1][0]]
-            if seq_lens[i] >= longest * ratio or longest - seq_lens[i] <= slack:
+            similar = seq_lens[i] >= longest * ratio or longest - seq_lens[i] <= slack
+            if similar and (len(buckets[-1]) + 1) * longest <= max_tokens:
                 buckets[-1].append(i)
                 continue
         buckets.append([i])

@@ -87,6 +87,7 @@ def setup(prefix_lens, extend_lens, seed=0):
     [
         ([0, 0, 0], [1, 7, 13]),  # plain prefill
         ([4, 0, 11], [3, 9, 1]),  # prefill after a cached prefix
+        ([10, 0, 50, 7, 33, 120], [100, 70, 2, 64, 1, 17]),  # batched small extends + singles
         ([3, 40, 7, 150, 90, 1, 300], [1] * 7),  # decode across several length buckets
     ],
 )
@@ -114,3 +115,11 @@ def test_length_buckets_partition_and_bound_padding():
         longest = max(lens[i] for i in b)
         for i in b:
             assert lens[i] >= 0.6 * longest or longest - lens[i] <= 64
+
+
+def test_length_buckets_bound_the_gathered_block():
+    lens = [500] * 40 + [9000]
+    buckets = length_buckets(lens, max_tokens=4096)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lens)))
+    for b in buckets:  # a single request longer than the budget still gets its own bucket
+        assert len(b) == 1 or len(b) * max(lens[i] for i in b) <= 4096
