@@ -139,6 +139,32 @@ def in_subprocess(fn: Any, *args: Any) -> dict[str, Any]:
 
 
 # ---- reporting ------------------------------------------------------------------------------
+def hf_greedy(model: Any, rows: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """transformers ``generate`` on one static batch: left padding (every row's last prompt
+    token in the same column), greedy, exactly ``new_tokens`` new tokens per row."""
+    import torch
+
+    pad_id = model.config.eos_token_id
+    width = max(len(p) for p in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, p in enumerate(rows):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    # NOTE: eos_token_id=None is transformers' "ignore EOS": it never stops early and, unlike
+    # min_new_tokens with an EOS id, does not mask EOS out of the greedy argmax.
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=pad_id,
+    )
+    return out[:, width:].tolist()
+
+
 def agreement(ours: list[list[int]], ref: list[list[int]]) -> dict[str, Any]:
     """Exact-match count and mean length of the common prefix of paired greedy outputs."""
     prefixes = []

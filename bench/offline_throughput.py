@@ -40,6 +40,7 @@ from common import (
     agreement,
     ensure_model,
     environment,
+    hf_greedy,
     in_subprocess,
     load_prompts,
     repo_path,
@@ -160,35 +161,13 @@ def run_hf(
     ).eval()
     load_s = time.perf_counter() - t0
     load_peak, reset = _peak_rss_mb(), _reset_peak_rss()
-    pad_id = model.config.eos_token_id
-
-    def generate(batch: list[list[int]], new_tokens: int) -> list[list[int]]:
-        # Left padding so every row's last prompt token sits in the same column.
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, p in enumerate(batch):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
-        # NOTE: eos_token_id=None is transformers' "ignore EOS": it never stops early and, unlike
-        # min_new_tokens with an EOS id, does not mask EOS out of the greedy argmax.
-        out = model.generate(
-            ids,
-            attention_mask=mask,
-            do_sample=False,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            eos_token_id=None,
-            pad_token_id=pad_id,
-        )
-        return out[:, width:].tolist()
 
     with torch.inference_mode():
-        generate([prompts[0][:8]], 2)
+        hf_greedy(model, [prompts[0][:8]], 2)
         t0 = time.perf_counter()
         outputs = []
         for s in range(0, len(prompts), batch_size):
-            outputs += generate(prompts[s : s + batch_size], output_len)
+            outputs += hf_greedy(model, prompts[s : s + batch_size], output_len)
         wall = time.perf_counter() - t0
 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -51,6 +51,7 @@ from common import (
     agreement,
     ensure_model,
     environment,
+    hf_greedy,
     in_subprocess,
     load_prompts,
     repo_path,
@@ -302,27 +303,9 @@ def run_hf(
         model_dir, dtype=getattr(torch, dtype)
     ).eval()
     load_s = time.perf_counter() - t0
-    pad_id = model.config.eos_token_id
 
     def batch(rows: list[list[int]], max_new: int) -> list[dict[str, Any]]:
-        # Left padding so every row's last prompt token sits in the same column.
-        width = max(len(p) for p in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, p in enumerate(rows):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
-        # eos_token_id=None: never stop early and never mask EOS out of the argmax (= ignore_eos).
-        out = model.generate(
-            ids,
-            attention_mask=mask,
-            do_sample=False,
-            max_new_tokens=max_new,
-            min_new_tokens=max_new,
-            eos_token_id=None,
-            pad_token_id=pad_id,
-        )
-        outs = out[:, width:].tolist()
+        outs = hf_greedy(model, rows, max_new)
         return [
             {"output_ids": o, "prompt_tokens": len(p), "cached_tokens": 0}
             for p, o in zip(rows, outs)
