@@ -180,6 +180,16 @@ def agreement(ours: list[list[int]], ref: list[list[int]]) -> dict[str, Any]:
     }
 
 
+def print_header(env: dict[str, Any], threads: int) -> None:
+    """The first lines of every result file: exact command, date, commit, machine."""
+    print(
+        f"# command: {env['command']}\n# date: {env['date']}, commit {env['git_commit'][:7]}"
+        f"{' (dirty)' if env['git_dirty'] else ''}, CPU: {env['cpu']}, {threads} threads, "
+        f"torch {env['torch']}, transformers {env['transformers']}",
+        flush=True,
+    )
+
+
 def environment(threads: int) -> dict[str, Any]:
     import torch
     import transformers

@@ -43,6 +43,7 @@ from common import (
     hf_greedy,
     in_subprocess,
     load_prompts,
+    print_header,
     repo_path,
     worker_setup,
 )
@@ -283,6 +284,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    env = environment(args.threads)
+    print_header(env, args.threads)
     tokenizer_dir, dataset = repo_path(args.tokenizer), repo_path(args.dataset)
     model_dir = ensure_model(
         ModelShape(), tokenizer_dir, repo_path(args.model_dir) if args.model_dir else None
@@ -329,7 +332,7 @@ def main() -> None:
 
     if args.json_out:
         report = {
-            "environment": environment(args.threads),
+            "environment": env,
             "args": vars(args),
             "model": {"dir": str(model_dir), **meta},
             "workload": {

@@ -54,6 +54,7 @@ from common import (
     hf_greedy,
     in_subprocess,
     load_prompts,
+    print_header,
     repo_path,
     worker_setup,
 )
@@ -461,6 +462,7 @@ def build_workloads(args: argparse.Namespace) -> tuple[list[Workload], dict]:
 def main() -> None:
     args = parse_args()
     env = environment(args.threads)
+    print_header(env, args.threads)
     print(
         f"# command: {env['command']}\n# date: {env['date']}, commit {env['git_commit'][:7]}"
         f"{' (dirty)' if env['git_dirty'] else ''}, CPU: {env['cpu']}, {args.threads} threads, "
