@@ -463,11 +463,6 @@ def main() -> None:
     args = parse_args()
     env = environment(args.threads)
     print_header(env, args.threads)
-    print(
-        f"# command: {env['command']}\n# date: {env['date']}, commit {env['git_commit'][:7]}"
-        f"{' (dirty)' if env['git_dirty'] else ''}, CPU: {env['cpu']}, {args.threads} threads, "
-        f"torch {env['torch']}, transformers {env['transformers']}"
-    )
     model_dir = repo_path(args.model_dir) if args.model_dir else None
     model_dir = ensure_model(ModelShape(), repo_path(args.tokenizer), model_dir)
     meta = json.loads((model_dir / "bench_model.json").read_text())
