@@ -9,8 +9,9 @@ wait (matching every request each pass would cost more than it saves).
 Cache-aware extras:
 
 - *In-batch prefix awareness*: a request with a short cached match that shares at least
-  ``IN_BATCH_PREFIX_TOKENS`` uncached tokens with a request ahead of it is moved back, so the
-  one ahead computes the shared prefix and the rest hit the cache on a later pass.
+  ``IN_BATCH_PREFIX_TOKENS`` uncached tokens — and at least half of what it would compute —
+  with a request ahead of it is deferred, so the one ahead computes the shared prefix and the
+  rest hit the cache on the next pass.
 - *Aging*: each pass a request has spent waiting counts as ``aging`` matched tokens (lpm sort
   key ``matched + aging × passes``), so a request is only ever overtaken by requests that
   arrived within ``longest match // aging + 1`` passes after it: a cache miss cannot starve
@@ -98,7 +99,11 @@ def _in_batch_deferred(
             scratch = RadixCache(None, SlotAllocator(0, "cpu"))  # type: ignore[arg-type]
             scratch.stats = cache.stats  # its time counts as tree-operation time
         ids = req.fill_ids
-        if len(scratch.match_prefix(ids, req.cache_namespace).slots) >= IN_BATCH_PREFIX_TOKENS:
+        shared = len(scratch.match_prefix(ids, req.cache_namespace).slots)
+        # Waiting a pass pays off only when the shared part is most of what this request
+        # would compute; a short common preamble before a long unique prompt is not worth it.
+        uncached = len(ids) - len(matches[id(req)].slots)
+        if shared >= IN_BATCH_PREFIX_TOKENS and 2 * shared >= uncached:
             deferred.add(id(req))
         else:
             scratch.insert(ids, torch.zeros(len(ids), dtype=torch.int64), req.cache_namespace)

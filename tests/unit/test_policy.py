@@ -121,9 +121,10 @@ def test_in_batch_prefix_deferral() -> None:
         make_req("other", [7] * 10, 2),
         make_req("follow2", shared + [3], 3),
         make_req("short", shared[:10] + [4], 4),  # shares too little to wait for anyone
+        make_req("long-tail", shared + list(range(600, 700)), 5),  # shared part < half its work
     ]
     _, deferred = order_waiting_queue(waiting, "lpm", cache, random.Random(0))
-    assert names(waiting) == ["lead", "other", "short", "follow1", "follow2"]
+    assert names(waiting) == ["lead", "other", "short", "long-tail", "follow1", "follow2"]
     assert deferred == {id(r) for r in waiting if r.rid.startswith("follow")}
     waiting2 = list(waiting)
     _, deferred2 = order_waiting_queue(waiting2, "dfs-weight", cache, random.Random(0))
