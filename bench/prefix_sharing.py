@@ -18,7 +18,9 @@ Systems, each in its own spawned subprocess: ``lpm`` / ``fcfs`` = ``radixlm.Engi
 cache and that ``schedule_policy``, ``off`` = ``disable_radix_cache=True``, ``hf`` = transformers
 ``generate`` in static left-padded batches of ``--hf-batch-size`` (8). RadixLM gets each workload
 (each turn) as one ``generate`` batch, after a warm-up request and ``flush_cache()``; its KV pool
-(same for all three) holds the largest workload without sharing. Reported per workload and system:
+(same for all three) holds the largest workload without sharing. ``--repeats`` rounds (default
+3) run every RadixLM system once per round, each in a fresh process and interleaved, so slow
+drifts of a shared machine hit all systems alike; the median round per workload is reported. Reported per workload and system:
 requests/s, prefill tokens computed (prompt - cached tokens, from ``meta_info``), hit rate
 (cached / prompt tokens), tree-op % (``get_server_info()["prefix_cache"]["op_seconds"]`` delta /
 wall time, when reported), retractions, greedy-output agreement with ``off`` and ``hf``.
@@ -227,6 +229,19 @@ def _time_workload(
     }
 
 
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge a system's rounds: per workload the median round by wall time, plus every wall."""
+    merged = dict(rounds[0])
+    merged["workloads"] = {}
+    for name in rounds[0]["workloads"]:
+        runs = sorted((r["workloads"][name] for r in rounds), key=lambda w: w["wall_s"])
+        merged["workloads"][name] = {
+            **runs[len(runs) // 2],
+            "walls_s": [w for r in runs for w in r["walls_s"]],
+        }
+    return merged
+
+
 def _delta(before: dict, after: dict, key: str) -> float | None:
     return after[key] - before.get(key, 0) if key in after else None
 
@@ -411,9 +426,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hf-batch-size", type=int, default=8, help="static batch size for HF")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for every system")
     p.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per workload (the median is reported)"
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds (every RadixLM system once per round, fresh process; median reported)",
     )
-    p.add_argument("--hf-repeats", type=int, default=1, help="timed runs per workload for HF")
+    p.add_argument("--hf-repeats", type=int, default=1, help="rounds for transformers")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="relative to the repo root")
     p.add_argument("--mmlu-dir", default=DEFAULT_MMLU, help="with dev/ and test/ CSVs")
     p.add_argument("--mt-bench", default=DEFAULT_MT_BENCH, help="MT-bench question.jsonl")
@@ -490,17 +508,26 @@ def main() -> None:
     if extra.get("mmlu_subjects"):
         print(f"  mmlu subjects: {', '.join(extra['mmlu_subjects'])}")
 
-    runs: dict[str, dict] = {}
+    # Rounds: every system once per round, each in a fresh process, so slow drifts of a shared
+    # machine hit all systems alike; per workload the median round is reported.
+    rounds: dict[str, list[dict]] = {s: [] for s in args.systems}
     outputs: dict[str, dict[str, list[list[int]]]] = {}  # system -> workload -> greedy outputs
-    for s in args.systems:
-        print(f"[{SYSTEMS[s]}] ...", flush=True)
-        t0 = time.perf_counter()
-        repeats = args.hf_repeats if s == "hf" else args.repeats
-        work = (str(model_dir), args.dtype, workloads, args.threads, args.log_level, repeats)
-        extra_args = (args.hf_batch_size,) if s == "hf" else (s, pool)
-        runs[s] = in_subprocess(run_hf if s == "hf" else run_radixlm, *work, *extra_args)
-        outputs[s] = {n: r.pop("output_ids") for n, r in runs[s]["workloads"].items()}
-        print(f"[{SYSTEMS[s]}] done in {time.perf_counter() - t0:.1f} s", flush=True)
+    for k in range(max(args.repeats, args.hf_repeats if "hf" in args.systems else 0)):
+        for s in args.systems:
+            if k >= (args.hf_repeats if s == "hf" else args.repeats):
+                continue
+            print(f"[{SYSTEMS[s]}] round {k + 1} ...", flush=True)
+            t0 = time.perf_counter()
+            work = (str(model_dir), args.dtype, workloads, args.threads, args.log_level, 1)
+            extra_args = (args.hf_batch_size,) if s == "hf" else (s, pool)
+            run = in_subprocess(run_hf if s == "hf" else run_radixlm, *work, *extra_args)
+            outs = {n: r.pop("output_ids") for n, r in run["workloads"].items()}
+            if s in outputs and outs != outputs[s]:
+                sys.exit(f"error: {SYSTEMS[s]} produced different greedy outputs across rounds")
+            outputs[s] = outs
+            rounds[s].append(run)
+            print(f"[{SYSTEMS[s]}] done in {time.perf_counter() - t0:.1f} s", flush=True)
+    runs = {s: median_round(r) for s, r in rounds.items()}
 
     # Greedy-output agreement: every system vs cache-off and vs transformers, per workload.
     agree: dict[str, dict] = {}
