@@ -3,8 +3,9 @@
 Policies: ``fcfs`` (arrival order), ``lof`` (longest remaining output first), ``random``, and
 the cache-aware ``lpm`` (longest cached prefix first) and ``dfs-weight`` (walk the radix tree
 heaviest subtree first, so requests sharing a prefix run together). Cache-aware policies fall
-back to FCFS when the cache cannot share prefixes or more than ``LPM_FALLBACK_QUEUE`` requests
-wait (matching every request each pass would cost more than it saves).
+back to FCFS when the cache cannot share prefixes, and to FCFS with in-batch deferral over the
+first ``LPM_FALLBACK_QUEUE`` requests when more wait (matching every request each pass would
+cost more than it saves).
 
 Cache-aware extras:
 
@@ -58,12 +59,19 @@ def order_waiting_queue(
     Every waiting request's ``waiting_passes`` (passes seen before this one) grows by one."""
     matches: dict[int, MatchResult] = {}
     deferred: set[int] = set()
-    cache_aware = policy in ("lpm", "dfs-weight")
-    if cache_aware and cache.shares_prefixes and len(waiting) <= LPM_FALLBACK_QUEUE:
+    cache_aware = policy in ("lpm", "dfs-weight") and cache.shares_prefixes
+    if cache_aware and len(waiting) > LPM_FALLBACK_QUEUE:
+        # Long queue: FCFS, but the head still gets in-batch deferral (a burst sharing one
+        # template computes it once); admission stops at the first deferred request.
         waiting.sort(key=lambda r: r.arrival)
-        for req in waiting:
-            ids = req.fill_ids[: req.max_cacheable_prefix()]
-            matches[id(req)] = cache.match_prefix(ids, req.cache_namespace)
+        head = waiting[:LPM_FALLBACK_QUEUE]
+        _match_all(head, cache, matches)
+        deferred = _in_batch_deferred(head, matches, cache)
+        head.sort(key=lambda r: id(r) in deferred)  # stable: arrival order otherwise
+        waiting[:LPM_FALLBACK_QUEUE] = head
+    elif cache_aware:
+        waiting.sort(key=lambda r: r.arrival)
+        _match_all(waiting, cache, matches)
         deferred = _in_batch_deferred(waiting, matches, cache)
         if policy == "lpm":
             waiting.sort(
@@ -84,6 +92,12 @@ def order_waiting_queue(
     for req in waiting:
         req.waiting_passes += 1
     return matches, deferred
+
+
+def _match_all(reqs: list[Req], cache: PrefixCache, matches: dict[int, MatchResult]) -> None:
+    for req in reqs:
+        ids = req.fill_ids[: req.max_cacheable_prefix()]
+        matches[id(req)] = cache.match_prefix(ids, req.cache_namespace)
 
 
 def _in_batch_deferred(

@@ -85,10 +85,16 @@ def test_cache_aware_policies_fall_back_to_fcfs() -> None:
     matches, _ = order_waiting_queue(waiting, "lpm", chunk, random.Random(0))
     assert names(waiting) == ["a", "b"] and matches == {}
     cache = cache_with(HOT)
-    many = [make_req(f"q{i}", [1] if i else HOT + [1], arrival=i) for i in range(200)]
+    shared = list(range(300, 300 + IN_BATCH_PREFIX_TOKENS + 8))
+    many = [make_req(f"q{i}", [1, i] if i % 2 else shared + [i], arrival=i) for i in range(200)]
     many.reverse()
-    order_waiting_queue(many, "lpm", cache, random.Random(0))
-    assert many[0].rid == "q0" and many[1].rid == "q1"  # arrival order, no matching
+    matches, deferred = order_waiting_queue(many, "lpm", cache, random.Random(0))
+    # > 128 waiting: arrival order (no lpm sort), matching only the first 128; among those the
+    # requests waiting for q0's shared prefix are deferred behind the head's other requests.
+    assert len(matches) == 128
+    assert names(many)[:3] == ["q0", "q1", "q3"]
+    assert {r.rid for r in many if id(r) in deferred} == {f"q{i}" for i in range(2, 128, 2)}
+    assert names(many)[64:67] == ["q127", "q2", "q4"] and names(many)[128] == "q128"
 
 
 def test_dfs_weight_groups_by_heaviest_subtree() -> None:
