@@ -11,8 +11,8 @@ Cache-aware extras:
 
 - *In-batch prefix awareness*: a request with a short cached match that shares at least
   ``IN_BATCH_PREFIX_TOKENS`` uncached tokens — and at least half of what it would compute —
-  with a request ahead of it is deferred, so the one ahead computes the shared prefix and the
-  rest hit the cache on the next pass.
+  with a request ahead of it (or with the mid-chunk request's uncomputed part) is deferred,
+  so the one ahead computes the shared prefix and the rest hit the cache on the next pass.
 - *Aging*: each pass a request has spent waiting counts as ``aging`` matched tokens (lpm sort
   key ``matched + aging × passes``), so a request is only ever overtaken by requests that
   arrived within ``longest match // aging + 1`` passes after it: a cache miss cannot starve
@@ -38,7 +38,7 @@ import torch
 
 from radixlm.mem.cache import MatchResult, PrefixCache
 from radixlm.mem.kv_pool import SlotAllocator
-from radixlm.mem.radix_cache import RadixCache
+from radixlm.mem.radix_cache import RadixCache, common_prefix_len
 from radixlm.scheduler.req import Req
 
 CLIP_MAX_NEW_TOKENS = 4096
@@ -51,11 +51,17 @@ RETRACT_DECODE_STEPS = 20
 
 
 def order_waiting_queue(
-    waiting: list[Req], policy: str, cache: PrefixCache, rng: random.Random, aging: int = 0
+    waiting: list[Req],
+    policy: str,
+    cache: PrefixCache,
+    rng: random.Random,
+    aging: int = 0,
+    chunked: Req | None = None,
 ) -> tuple[dict[int, MatchResult], set[int]]:
     """Sort ``waiting`` in place (one scheduling pass). Returns the prefix matches computed on
     the way and the deferred requests (both by ``id(req)``): a deferred request should not
-    join a batch that already admitted others — it waits one pass for their shared prefix.
+    join a batch that already admitted others — it waits one pass for their shared prefix
+    (including the part the mid-prefill ``chunked`` request is still computing).
     Every waiting request's ``waiting_passes`` (passes seen before this one) grows by one."""
     matches: dict[int, MatchResult] = {}
     deferred: set[int] = set()
@@ -67,12 +73,14 @@ def order_waiting_queue(
         head = waiting[:LPM_FALLBACK_QUEUE]
         _match_all(head, cache, matches)
         deferred = _in_batch_deferred(head, matches, cache)
+        deferred |= _waiting_for_chunk(head, matches, chunked)
         head.sort(key=lambda r: id(r) in deferred)  # stable: arrival order otherwise
         waiting[:LPM_FALLBACK_QUEUE] = head
     elif cache_aware:
         waiting.sort(key=lambda r: r.arrival)
         _match_all(waiting, cache, matches)
         deferred = _in_batch_deferred(waiting, matches, cache)
+        deferred |= _waiting_for_chunk(waiting, matches, chunked)
         if policy == "lpm":
             waiting.sort(
                 key=lambda r: (
@@ -100,6 +108,31 @@ def _match_all(reqs: list[Req], cache: PrefixCache, matches: dict[int, MatchResu
         matches[id(req)] = cache.match_prefix(ids, req.cache_namespace)
 
 
+def _worth_waiting(shared_uncached: int, uncached: int) -> bool:
+    """Waiting a pass pays off only when the prefix someone else is computing is long and most
+    of what this request would compute; a short common preamble is not worth the delay."""
+    return shared_uncached >= IN_BATCH_PREFIX_TOKENS and 2 * shared_uncached >= uncached
+
+
+def _waiting_for_chunk(
+    reqs: list[Req], matches: dict[int, MatchResult], chunked: Req | None
+) -> set[int]:
+    """Requests sharing the part of their prompt that the mid-prefill request is computing
+    now (a long shared document spans several chunks: its followers wait for the last one)."""
+    if chunked is None:
+        return set()
+    lead = chunked.fill_ids
+    out = set()
+    for req in reqs:
+        if req.cache_namespace != chunked.cache_namespace:
+            continue
+        ids, cached = req.fill_ids, len(matches[id(req)].slots)
+        shared = common_prefix_len(lead, ids, 0)
+        if _worth_waiting(shared - cached, len(ids) - cached):
+            out.add(id(req))
+    return out
+
+
 def _in_batch_deferred(
     waiting: list[Req], matches: dict[int, MatchResult], cache: PrefixCache
 ) -> set[int]:
@@ -114,10 +147,7 @@ def _in_batch_deferred(
             scratch.stats = cache.stats  # its time counts as tree-operation time
         ids = req.fill_ids
         shared = len(scratch.match_prefix(ids, req.cache_namespace).slots)
-        # Waiting a pass pays off only when the shared part is most of what this request
-        # would compute; a short common preamble before a long unique prompt is not worth it.
-        uncached = len(ids) - len(matches[id(req)].slots)
-        if shared >= IN_BATCH_PREFIX_TOKENS and 2 * shared >= uncached:
+        if _worth_waiting(shared, len(ids) - len(matches[id(req)].slots)):
             deferred.add(id(req))
         else:
             scratch.insert(ids, torch.zeros(len(ids), dtype=torch.int64), req.cache_namespace)

@@ -165,6 +165,7 @@ class Scheduler:
                 self.cache,
                 self.rng,
                 self.config.schedule_aging_tokens_per_pass,
+                self.chunked_req,
             )
             for req in list(self.waiting):
                 if rows_free == 0:

@@ -229,3 +229,20 @@ def test_aging_bound_prevents_starvation(tiny_models, make_engine):
         # 80 matched tokens / 16 per pass: only requests arriving within 80 // 16 + 1 passes
         # of the cold one may overtake it.
         assert overtakers and max(overtakers) <= 80 // 16 + 1, (policy, overtakers)
+
+
+def test_long_shared_document_is_prefilled_once_across_chunks(tiny_models, make_engine):
+    g = torch.Generator().manual_seed(5)
+    doc = torch.randint(3, 512, (300,), generator=g).tolist()
+    prompts = [doc + torch.randint(3, 512, (10,), generator=g).tolist() for _ in range(4)]
+    params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+    ref = make_engine(tiny_models["llama"], disable_radix_cache=True).generate(
+        input_ids=prompts, sampling_params=params
+    )
+    engine = make_engine(tiny_models["llama"], chunked_prefill_size=64)
+    out = engine.generate(input_ids=prompts, sampling_params=params)
+    assert [r["output_ids"] for r in out] == [r["output_ids"] for r in ref]
+    # The document is computed once (by the first request, chunk by chunk); the others wait
+    # for its last chunk and compute only their own suffix (+ the recomputed last token).
+    computed = engine.get_server_info()["prefill_computed_tokens"]
+    assert computed <= len(prompts[0]) + 3 * 11, computed

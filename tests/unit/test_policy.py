@@ -153,3 +153,21 @@ def test_lpm_aging_bounds_the_wait_of_a_cache_miss() -> None:
             waiting = [cold, make_req("hot", HOT + [1], 99)]
             order_waiting_queue(waiting, policy, cache, random.Random(0), aging=0)
             assert waiting[0] is not cold
+
+
+def test_followers_of_a_chunked_prefill_wait_for_its_last_chunk() -> None:
+    doc = list(range(1000, 1200))  # a long shared document, prefilled in chunks
+    cache = cache_with(doc[:64])  # the first chunk is already in the tree
+    chunked = make_req("chunked", doc + [1], 0)
+    waiting = [
+        make_req("follower", doc + [2], 1),  # shares 136 uncached tokens with the chunked one
+        make_req("other", [5] * 40, 2),
+        make_req("salted", doc + [3], 3),
+        make_req("short-share", doc[:70] + list(range(1, 100)), 4),  # shares only 6 uncached
+    ]
+    waiting[2].cache_namespace = (None, "tenant")
+    _, deferred = order_waiting_queue(waiting, "lpm", cache, random.Random(0), chunked=chunked)
+    assert {r.rid for r in waiting if id(r) in deferred} == {"follower"}
+    assert names(waiting)[-1] == "follower"
+    _, none = order_waiting_queue(list(waiting), "lpm", cache, random.Random(0))
+    assert not any(r.rid == "follower" for r in waiting if id(r) in none)
