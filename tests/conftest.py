@@ -9,6 +9,17 @@ import pytest
 
 from radixlm.config import BUNDLED_MODEL
 
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, split the cores between workers: torch's default (every core per
+    process) oversubscribes the CPU, and spinning OpenMP threads then slow small ops by 10×+."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 VOCAB = 512  # the bundled SentencePiece tokenizer's size, so tiny models can take text
 
