@@ -16,6 +16,7 @@ The scheduler talks only to :class:`PrefixCache`, so the radix tree slots in wit
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from radixlm.mem.kv_pool import SlotAllocator
     from radixlm.mem.req_to_token import ReqToTokenPool
     from radixlm.scheduler.req import Req
+
+
+# Requests share cached KV only within one namespace (None: the shared one). The scheduler uses
+# ``(extra_key, cache_salt)``; any hashable works.
+Namespace = Hashable | None
 
 
 @dataclass
@@ -53,7 +59,7 @@ class PrefixCache(ABC):
         return True
 
     @abstractmethod
-    def match_prefix(self, token_ids: list[int], namespace: str | None = None) -> MatchResult:
+    def match_prefix(self, token_ids: list[int], namespace: Namespace = None) -> MatchResult:
         """Longest cached prefix of ``token_ids`` within ``namespace`` (None: the shared one)."""
 
     @abstractmethod
@@ -105,7 +111,7 @@ class ChunkCache(PrefixCache):
     def shares_prefixes(self) -> bool:
         return False
 
-    def match_prefix(self, token_ids: list[int], namespace: str | None = None) -> MatchResult:
+    def match_prefix(self, token_ids: list[int], namespace: Namespace = None) -> MatchResult:
         return MatchResult(torch.empty(0, dtype=torch.int64, device=self.allocator.device), None)
 
     def lock(self, handle: Any) -> int:

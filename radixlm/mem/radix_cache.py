@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from radixlm.mem.cache import MatchResult, PrefixCache
+from radixlm.mem.cache import MatchResult, Namespace, PrefixCache
 
 if TYPE_CHECKING:
     from radixlm.mem.kv_pool import SlotAllocator
@@ -63,7 +63,7 @@ class TreeNode:
         key: list[int],
         value: torch.Tensor,
         parent: TreeNode | None,
-        namespace: str | None,
+        namespace: Namespace,
         last_access: int = 0,
     ) -> None:
         self.children: dict = {}
@@ -95,7 +95,7 @@ class RadixCache(PrefixCache):
     def _empty(self) -> torch.Tensor:
         return torch.empty(0, dtype=torch.int64, device=self.allocator.device)
 
-    def _child_key(self, node: TreeNode, namespace: str | None, token: int):
+    def _child_key(self, node: TreeNode, namespace: Namespace, token: int):
         return (namespace, token) if node is self.root else token
 
     def _tick(self) -> int:
@@ -122,7 +122,7 @@ class RadixCache(PrefixCache):
         parent.children[self._child_key(parent, upper.namespace, upper.key[0])] = upper
         return upper
 
-    def _walk(self, namespace: str | None, key: list[int]) -> tuple[list[torch.Tensor], TreeNode]:
+    def _walk(self, namespace: Namespace, key: list[int]) -> tuple[list[torch.Tensor], TreeNode]:
         """Follow ``key`` from the root, splitting where the match ends inside a node, and
         refresh access times on the way. Returns (values along the path, deepest node)."""
         now = self._tick()
@@ -140,16 +140,14 @@ class RadixCache(PrefixCache):
         return values, node
 
     # ---- public tree operations ----------------------------------------------------------
-    def match_prefix(self, token_ids: list[int], namespace: str | None = None) -> MatchResult:
+    def match_prefix(self, token_ids: list[int], namespace: Namespace = None) -> MatchResult:
         t0 = time.perf_counter()
         values, node = self._walk(namespace, token_ids)
         slots = torch.cat(values) if len(values) > 1 else (values[0] if values else self._empty())
         self.stats.op_seconds += time.perf_counter() - t0
         return MatchResult(slots, node)
 
-    def insert(
-        self, token_ids: list[int], slots: torch.Tensor, namespace: str | None = None
-    ) -> int:
+    def insert(self, token_ids: list[int], slots: torch.Tensor, namespace: Namespace = None) -> int:
         """Cache ``slots`` as the KV of ``token_ids``. Returns how many leading tokens were
         already cached: the caller still owns ``slots[:that]`` and must free the ones it does
         not share with the tree; the rest now belong to the tree."""

@@ -192,6 +192,33 @@ def _sort_dfs_weight(
     waiting[:] = ordered
 
 
+class NewTokenRatio:
+    """The share of ``max_new_tokens`` running requests are expected to still use.
+
+    Starts at ``0.7 × conservativeness`` (capped at 1), decays linearly to 14 % of that over
+    600 successful decode steps, jumps after a retraction, and resets when the scheduler idles.
+    """
+
+    def __init__(self, conservativeness: float) -> None:
+        self.init = min(INIT_NEW_TOKEN_RATIO * conservativeness, 1.0)
+        self.min = self.init * MIN_NEW_TOKEN_RATIO_FACTOR
+        self.step = (self.init - self.min) / NEW_TOKEN_RATIO_DECAY_STEPS
+        self.value = self.init
+
+    def reset(self) -> None:
+        self.value = self.init
+
+    def decay(self) -> None:
+        self.value = max(self.value - self.step, self.min)
+
+    def after_retraction(self, running: list[Req]) -> None:
+        """Raise the ratio to what the survivors need for ``RETRACT_DECODE_STEPS`` more steps."""
+        total_new = sum(r.max_new_tokens for r in running) or 1
+        done = sum(len(r.output_ids) for r in running)
+        need = (done + RETRACT_DECODE_STEPS * len(running)) / total_new
+        self.value = min(1.0, max(self.value, need))
+
+
 @dataclass
 class Admission:
     req: Req

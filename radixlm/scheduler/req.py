@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from radixlm.engine.sampler import SamplingRow
 from radixlm.errors import RequestError
 from radixlm.sampling_params import SamplingParams
 from radixlm.scheduler.io import TokenizedRequest
@@ -166,6 +167,18 @@ class Req:
         if self.output_ids:
             out = torch.tensor(self.output_ids, dtype=torch.int64, device=device)
             self.output_counts.index_add_(0, out, torch.ones_like(out, dtype=torch.int32))
+
+    def sampling_row(self, vocab_size: int, device: torch.device) -> SamplingRow:
+        """This request's row of the next sampling call (creates penalty state on first use)."""
+        self.init_penalty_state(vocab_size, device)
+        return SamplingRow(
+            params=self.sampling,
+            num_output=len(self.output_ids),
+            stop_ids=self.stop_ids,
+            output_counts=self.output_counts,
+            seen=self.seen,
+            seed_offset=self.seed_offset,
+        )
 
     def append_token(self, token: int) -> None:
         self.output_ids.append(token)

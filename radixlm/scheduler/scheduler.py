@@ -22,7 +22,7 @@ import torch
 from radixlm.config import EngineConfig
 from radixlm.engine.forward_batch import ForwardMode
 from radixlm.engine.model_runner import ModelRunner
-from radixlm.engine.sampler import Sampler, SamplingRow
+from radixlm.engine.sampler import Sampler
 from radixlm.errors import RequestError
 from radixlm.mem.cache import MatchResult, check_idle_memory, create_prefix_cache
 from radixlm.scheduler.batch import ScheduleBatch, plan_decode_logits, plan_extend_logits
@@ -30,10 +30,8 @@ from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
 from radixlm.scheduler.output import build_output, record_input_logprobs, record_output_logprob
 from radixlm.scheduler.policy import (
     CLIP_MAX_NEW_TOKENS,
-    INIT_NEW_TOKEN_RATIO,
-    MIN_NEW_TOKEN_RATIO_FACTOR,
-    NEW_TOKEN_RATIO_DECAY_STEPS,
     RETRACT_DECODE_STEPS,
+    NewTokenRatio,
     PrefillAdder,
     order_waiting_queue,
 )
@@ -68,14 +66,7 @@ class Scheduler:
         self._outputs: list[ReqOutput] = []
         self._aborts: list[Req] = []
 
-        self.init_new_token_ratio = min(
-            INIT_NEW_TOKEN_RATIO * config.schedule_conservativeness, 1.0
-        )
-        self.min_new_token_ratio = self.init_new_token_ratio * MIN_NEW_TOKEN_RATIO_FACTOR
-        self.new_token_ratio_decay = (
-            self.init_new_token_ratio - self.min_new_token_ratio
-        ) / NEW_TOKEN_RATIO_DECAY_STEPS
-        self.new_token_ratio = self.init_new_token_ratio
+        self.new_token_ratio = NewTokenRatio(config.schedule_conservativeness)
         self.stats = SchedulerStats()
 
     # ---- intake --------------------------------------------------------------------------
@@ -114,7 +105,7 @@ class Scheduler:
         if batch is not None:
             self._run_batch(batch)
         else:
-            self.new_token_ratio = self.init_new_token_ratio
+            self.new_token_ratio.reset()
         outputs, self._outputs = self._outputs, []
         return outputs
 
@@ -140,14 +131,14 @@ class Scheduler:
         num_running = len(self.running)
         reserved = (
             sum(min(r.remaining_new_tokens(), CLIP_MAX_NEW_TOKENS) for r in self.running)
-            * self.new_token_ratio
+            * self.new_token_ratio.value
         )
         adder = PrefillAdder(
             rem_total=int(self.allocator.available_size() + self.cache.evictable_size() - reserved),
             rem_input=self.config.max_prefill_tokens,
             rem_chunk=self.config.chunk_size,
             rem_requests=self.limits.max_running_requests - num_running,
-            new_token_ratio=self.new_token_ratio,
+            new_token_ratio=self.new_token_ratio.value,
             nothing_running=num_running == 0,
         )
         matches: dict[int, MatchResult] = {}
@@ -201,7 +192,7 @@ class Scheduler:
             if slots is None:  # budget estimate was off: undo this and later admissions
                 for rest in admitted[k:]:
                     if rest.req is not self.chunked_req:
-                        self._detach(rest.req)
+                        self._free_memory(rest.req)
                 break
             if req is not self.chunked_req:
                 self.waiting.remove(req)
@@ -241,11 +232,6 @@ class Scheduler:
         req.kv_len = n
         req.cache_protected_len = n
 
-    def _detach(self, req: Req) -> None:
-        self.cache.unlock(req.last_node)
-        self.req_to_token_pool.free(req.req_pool_idx)
-        req.reset_memory()
-
     def _alloc_slots(self, n: int) -> torch.Tensor | None:
         slots = self.allocator.alloc(n)
         if slots is None:
@@ -262,9 +248,7 @@ class Scheduler:
             if slots is None:
                 raise RuntimeError("KV pool cannot hold one decode step of a single request")
         else:
-            self.new_token_ratio = max(
-                self.new_token_ratio - self.new_token_ratio_decay, self.min_new_token_ratio
-            )
+            self.new_token_ratio.decay()
         self.req_to_token_pool.write_tokens(
             [r.req_pool_idx for r in self.running], [r.kv_len for r in self.running], slots
         )
@@ -296,26 +280,16 @@ class Scheduler:
             self._requeue(victim)
             retracted.append(victim)
         self.stats.num_retractions += len(retracted)
-        total_new = sum(r.max_new_tokens for r in self.running) or 1
-        done = sum(len(r.output_ids) for r in self.running)
-        self.new_token_ratio = min(
-            1.0,
-            max(
-                self.new_token_ratio, (done + RETRACT_DECODE_STEPS * len(self.running)) / total_new
-            ),
-        )
+        self.new_token_ratio.after_retraction(self.running)
         logger.info(
             "KV cache pool is full: retracted %d request(s); new_token_ratio %.3f",
             len(retracted),
-            self.new_token_ratio,
+            self.new_token_ratio.value,
         )
 
     def _requeue(self, req: Req) -> None:
-        self.cache.cache_finished_req(req, req.fill_ids[: req.kv_len])
-        self.req_to_token_pool.free(req.req_pool_idx)
-        req.reset_memory()
+        self._free_memory(req)
         req.num_retractions += 1
-        req.waiting_passes = 0
         self.waiting.append(req)
 
     # ---- run + results -------------------------------------------------------------------
@@ -327,19 +301,7 @@ class Scheduler:
         sample_out = None
         if plan.sample_rows:
             sample_reqs = [batch.reqs[i] for i in plan.sample_req_indices]
-            rows = []
-            for r in sample_reqs:
-                r.init_penalty_state(self.runner.vocab_size, self.device)
-                rows.append(
-                    SamplingRow(
-                        params=r.sampling,
-                        num_output=len(r.output_ids),
-                        stop_ids=r.stop_ids,
-                        output_counts=r.output_counts,
-                        seen=r.seen,
-                        seed_offset=r.seed_offset,
-                    )
-                )
+            rows = [r.sampling_row(self.runner.vocab_size, self.device) for r in sample_reqs]
             logits = self.runner.compute_logits(hidden[plan.sample_rows])
             want_lp = any(r.return_logprob for r in sample_reqs)
             top_k = max((r.top_logprobs_num for r in sample_reqs), default=0)
@@ -385,14 +347,20 @@ class Scheduler:
             self.running = [r for r in self.running if not r.finished]
 
     def _release(self, req: Req) -> None:
-        """Hand a finished request's KV to the cache, free its row, report it."""
-        if req.req_pool_idx is not None:
-            self.cache.cache_finished_req(req, req.fill_ids[: req.kv_len])
-            self.req_to_token_pool.free(req.req_pool_idx)
-            req.req_pool_idx = None
-            req.kv_len = 0
+        """Free a finished request's memory and report it."""
+        self._free_memory(req)
         self.reqs.pop(req.rid, None)
         self._emit(req)
+
+    def _free_memory(self, req: Req) -> None:
+        """Hand the request's KV (``fill_ids[:kv_len]``) to the cache — it keeps what it shares
+        and frees the rest, and releases the request's lock — then free its row. The one way a
+        request gives up memory: on finish, abort, retraction, or an undone admission."""
+        if req.req_pool_idx is None:
+            return
+        self.cache.cache_finished_req(req, req.fill_ids[: req.kv_len])
+        self.req_to_token_pool.free(req.req_pool_idx)
+        req.reset_memory()
 
     def _emit(self, req: Req) -> None:
         out = build_output(req, self.config.stream_interval)
@@ -411,23 +379,12 @@ class Scheduler:
 
     def get_stats(self) -> dict[str, Any]:
         """Counters for observability: scheduler totals plus the prefix cache's state."""
-        cache = self.cache
-        out = self.stats.to_dict()
-        out["prefix_cache"] = {
-            "queried_tokens": self.stats.prefix_queried_tokens,
-            "hit_tokens": self.stats.prefix_hit_tokens,
-            "tree_tokens": cache.total_size(),
-            "evictable_tokens": cache.evictable_size(),
-            "protected_tokens": cache.protected_size(),
-            "evicted_tokens": cache.stats.evicted_tokens,
-            "op_seconds": cache.stats.op_seconds,
-        }
-        out.update(
+        return self.stats.snapshot(
+            self.cache,
             num_running_reqs=len(self.running) + (self.chunked_req is not None),
             num_waiting_reqs=len(self.waiting),
             free_kv_tokens=self.allocator.available_size(),
         )
-        return out
 
     def check_memory_invariants(self) -> None:
         """When idle: every slot is free or cached, every row is free. Raises on a leak."""

@@ -6,8 +6,11 @@ counts. Token counts include re-admissions after a retraction.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from radixlm.mem.cache import PrefixCache
 
 
 @dataclass
@@ -17,5 +20,19 @@ class SchedulerStats:
     prefill_computed_tokens: int = 0  # tokens run through extend (prefill) forwards
     num_retractions: int = 0  # requests moved back to the waiting queue for lack of KV room
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def snapshot(self, cache: PrefixCache, **gauges: int) -> dict[str, Any]:
+        """Counters plus the prefix cache's state and the caller's ``gauges`` (current sizes)."""
+        return {
+            "prefill_computed_tokens": self.prefill_computed_tokens,
+            "num_retractions": self.num_retractions,
+            "prefix_cache": {
+                "queried_tokens": self.prefix_queried_tokens,
+                "hit_tokens": self.prefix_hit_tokens,
+                "tree_tokens": cache.total_size(),
+                "evictable_tokens": cache.evictable_size(),
+                "protected_tokens": cache.protected_size(),
+                "evicted_tokens": cache.stats.evicted_tokens,
+                "op_seconds": cache.stats.op_seconds,
+            },
+            **gauges,
+        }
