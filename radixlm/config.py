@@ -71,6 +71,11 @@ class EngineConfig:
         1.0, "scales the reserved decode room; >1 retracts less, admits less"
     )
     disable_radix_cache: bool = _opt(False, "never share KV between requests")
+    disable_overlap_schedule: bool = _opt(
+        False,
+        "run each batch's forward on the scheduler thread instead of overlapping it with "
+        "scheduling the next batch",
+    )
     stream_interval: int = _opt(1, "emit streamed output every N decode steps")
     random_seed: int = _opt(0, "seed of the sampler for requests without sampling_seed")
     skip_tokenizer_init: bool = _opt(False, "do not load a tokenizer; requests must pass input_ids")

@@ -132,9 +132,20 @@ class ModelRunner:
         return self.model_config.vocab_size
 
     @torch.inference_mode()
+    def prepare(self, fb: ForwardBatch) -> None:
+        """Build the attention metadata of ``fb`` from the memory pools.
+
+        NOTE: the metadata is a snapshot (slot indices are copied out of ``req_to_token``), so a
+        batch prepared by the scheduler thread may run later on the forward thread while the
+        scheduler already rewrites rows for the next batch (overlap scheduling).
+        """
+        self.attn_backend.init_forward_metadata(fb)
+
+    @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
         """Run the model on ``fb``; writes the new KV and returns hidden states ``[T, hidden]``."""
-        self.attn_backend.init_forward_metadata(fb)
+        if fb.attn_metadata is None:
+            self.prepare(fb)
         return self.model(fb, self.attn_backend)
 
     @torch.inference_mode()

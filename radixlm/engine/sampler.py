@@ -78,6 +78,19 @@ class Sampler:
         return out
 
     @staticmethod
+    def record_sampled(rows: list[SamplingRow], next_ids: torch.Tensor) -> None:
+        """Count each row's sampled token in its penalty state (device ops, no host sync).
+
+        Runs right after sampling, on the thread that samples, so the next batch's penalties
+        see this token even when the scheduler has not processed the result yet (overlap).
+        """
+        for i, r in enumerate(rows):
+            if r.output_counts is not None:
+                tok = next_ids[i : i + 1]
+                r.output_counts.index_add_(0, tok, torch.ones_like(tok, dtype=torch.int32))
+                r.seen[tok] = True
+
+    @staticmethod
     def process_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         """Penalties, min_new_tokens and logit_bias; returns a new tensor only if something applies."""
         x = logits

@@ -166,6 +166,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        self.scheduler.close()
         self.scheduler = None  # type: ignore[assignment]
         self.runner = None  # type: ignore[assignment]
 

@@ -2,6 +2,10 @@
 
 The batch also carries the ``LogitsPlan``: which token rows need logits — the last row of every
 request that samples a token, and the prompt positions whose logprobs were asked for.
+
+Under overlap scheduling a decode batch is built while the previous batch is still sampling
+some of its input tokens: those inputs are placeholders (``FutureTokens``) that the executor
+fills from the previous batch's ``sampled_ids`` right before the forward.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from radixlm.engine.forward_batch import ForwardBatch, ForwardMode
+from radixlm.engine.sampler import SamplingRow
 from radixlm.mem.kv_pool import TokenToKVPool
 from radixlm.mem.req_to_token import ReqToTokenPool
 from radixlm.scheduler.req import Req
@@ -32,6 +37,15 @@ class LogitsPlan:
 
 
 @dataclass
+class FutureTokens:
+    """Input ids of a batch that the previous (still running) batch is sampling."""
+
+    source: ScheduleBatch  # its ``sampled_ids`` hold the values
+    src_rows: torch.Tensor  # [P] int64 rows of ``source.sampled_ids``
+    dst_positions: torch.Tensor  # [P] int64 positions in this batch's input ids
+
+
+@dataclass(eq=False)
 class ScheduleBatch:
     mode: ForwardMode
     reqs: list[Req]
@@ -39,23 +53,65 @@ class ScheduleBatch:
     extend_lens: list[int]  # new tokens per request (1 for decode)
     out_cache_loc: torch.Tensor  # [sum(extend_lens)] slots for the new tokens
     plan: LogitsPlan
+    # Filled when the batch is launched (scheduler thread) ...
+    forward_batch: ForwardBatch | None = None
+    sampling_rows: list[SamplingRow] = field(default_factory=list)  # per plan.sample_rows
+    future: FutureTokens | None = None
+    # Hook for delayed sampling (constrained decoding): the sampling of this batch needs the
+    # previous batch's tokens on the host (e.g. to fill a grammar mask), so the previous result
+    # is processed before this batch is submitted. Overlap then covers only the build.
+    needs_sync: bool = False
+    # ... and by the executor: the sampled ids, on the device, read by the next batch.
+    sampled_ids: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return len(self.reqs)
 
+    @property
+    def sample_reqs(self) -> list[Req]:
+        return [self.reqs[i] for i in self.plan.sample_req_indices]
+
+    @property
+    def want_logprobs(self) -> bool:
+        return any(r.return_logprob for r in self.sample_reqs)
+
+    @property
+    def top_logprobs_num(self) -> int:
+        return max((r.top_logprobs_num for r in self.sample_reqs), default=0)
+
     def to_forward_batch(
         self, req_to_token_pool: ReqToTokenPool, kv_pool: TokenToKVPool, device: torch.device
     ) -> ForwardBatch:
+        """Build the step's tensors; sets ``self.future`` for inputs still being sampled."""
         ids: list[int] = []
         positions: list[int] = []
+        src_rows: list[int] = []
+        dst: list[int] = []
+        source = None
         if self.mode.is_extend():
             for req, prefix, ext in zip(self.reqs, self.prefix_lens, self.extend_lens):
+                assert req.pending is None, "a request with an unsampled token cannot extend"
                 ids.extend(req.fill_ids[prefix : prefix + ext])
                 positions.extend(range(prefix, prefix + ext))
         else:  # the newest token of each request; its position is the current KV length
-            ids = [req.output_ids[-1] for req in self.reqs]
+            for i, req in enumerate(self.reqs):
+                if req.pending is None:
+                    ids.append(req.output_ids[-1])
+                    continue
+                batch, row = req.pending
+                assert source is None or batch is source, "placeholders span one batch"
+                source = batch
+                ids.append(0)
+                src_rows.append(row)
+                dst.append(i)
             positions = list(self.prefix_lens)
+        if source is not None:
+            self.future = FutureTokens(
+                source,
+                torch.tensor(src_rows, dtype=torch.int64, device=device),
+                torch.tensor(dst, dtype=torch.int64, device=device),
+            )
         seq_lens = [p + e for p, e in zip(self.prefix_lens, self.extend_lens)]
         return ForwardBatch(
             mode=self.mode,

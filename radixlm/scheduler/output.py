@@ -8,37 +8,16 @@ is done. Streams get a delta every ``stream_interval`` decode steps; other reque
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import torch
-
 from radixlm.scheduler.batch import ScheduleBatch
+from radixlm.scheduler.executor import BatchResult
 from radixlm.scheduler.io import ReqOutput
 from radixlm.scheduler.req import Req
 
-if TYPE_CHECKING:
-    from radixlm.engine.model_runner import ModelRunner
 
-
-def record_input_logprobs(batch: ScheduleBatch, hidden: torch.Tensor, runner: ModelRunner) -> None:
-    spans = batch.plan.input_spans
-    if not spans:
-        return
-    rows = [row for s in spans for row in s.rows]
-    targets = [t for s in spans for t in s.targets]
-    top_k = max(batch.reqs[s.req_index].top_logprobs_num for s in spans)
-    vals: list[float] = []
-    top_v: list[list[float]] = []
-    top_i: list[list[int]] = []
-    if rows:
-        lp, tv, ti = runner.token_logprobs(
-            hidden[rows], torch.tensor(targets, device=hidden.device), top_k
-        )
-        vals = lp.tolist()
-        if tv is not None:
-            top_v, top_i = tv.tolist(), ti.tolist()
+def record_input_logprobs(batch: ScheduleBatch, res: BatchResult) -> None:
+    """Append the prompt logprobs the executor computed to each request of ``batch``."""
     offset = 0
-    for s in spans:
+    for s in batch.plan.input_spans:
         req = batch.reqs[s.req_index]
         n = req.top_logprobs_num
         if s.leading_none:
@@ -46,9 +25,10 @@ def record_input_logprobs(batch: ScheduleBatch, hidden: torch.Tensor, runner: Mo
             if n:
                 req.input_top_logprobs.append(None)
         for k in range(offset, offset + len(s.rows)):
-            req.input_token_logprobs.append(vals[k])
+            req.input_token_logprobs.append(res.input_logprobs[k])
             if n:
-                req.input_top_logprobs.append(list(zip(top_v[k][:n], top_i[k][:n])))
+                top = zip(res.input_top_logprobs[k][:n], res.input_top_ids[k][:n])
+                req.input_top_logprobs.append(list(top))
         offset += len(s.rows)
 
 

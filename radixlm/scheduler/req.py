@@ -68,6 +68,10 @@ class Req:
 
     # This round's extend (set by the scheduler when admitting).
     is_chunked: bool = False  # True while the extend round does not reach the end of fill_ids
+    # (batch, row) of the launched batch that is sampling this request's next token, until the
+    # scheduler processes that batch's result (overlap scheduling). While set, the token's
+    # value is unknown: ``kv_len == fill_len`` instead of ``fill_len - 1``.
+    pending: tuple[Any, int] | None = None
 
     # Logprobs. Input entries: one per prompt token from logprob_start_len (first is None).
     input_logprobs_done: bool = False
@@ -157,6 +161,11 @@ class Req:
     def remaining_new_tokens(self) -> int:
         return self.max_new_tokens - len(self.output_ids)
 
+    @property
+    def num_outputs_launched(self) -> int:
+        """Output tokens sampled or being sampled (the pending one counts)."""
+        return len(self.output_ids) + (self.pending is not None)
+
     def init_penalty_state(self, vocab_size: int, device: torch.device) -> None:
         if self.output_counts is not None or not self.sampling.has_penalties:
             return
@@ -169,11 +178,14 @@ class Req:
             self.output_counts.index_add_(0, out, torch.ones_like(out, dtype=torch.int32))
 
     def sampling_row(self, vocab_size: int, device: torch.device) -> SamplingRow:
-        """This request's row of the next sampling call (creates penalty state on first use)."""
+        """This request's row of the next sampling call (creates penalty state on first use).
+
+        Built when the batch is launched: a token still being sampled counts as an output.
+        """
         self.init_penalty_state(vocab_size, device)
         return SamplingRow(
             params=self.sampling,
-            num_output=len(self.output_ids),
+            num_output=len(self.output_ids) + (self.pending is not None),
             stop_ids=self.stop_ids,
             output_counts=self.output_counts,
             seen=self.seen,
@@ -181,10 +193,8 @@ class Req:
         )
 
     def append_token(self, token: int) -> None:
+        """Record a sampled token (penalty counts were updated by the executor)."""
         self.output_ids.append(token)
-        if self.output_counts is not None:
-            self.output_counts[token] += 1
-            self.seen[token] = True
 
     def reset_memory(self) -> None:
         """Forget all memory state (the caller has released it); outputs are kept, so the

@@ -1,9 +1,17 @@
 """The scheduler: continuous batching over one ``ModelRunner``, driven by ``step()``.
 
 Each step: apply aborts → pick a batch (a prefill batch has priority; otherwise one decode
-token for every running request, retracting requests if the KV pool is short) → run the model
-→ sample → append tokens, check stop conditions, release finished requests → return the
-``ReqOutput``s produced by this step.
+token for every running request, retracting requests if the KV pool is short) → launch it
+(counts, slots, tree insertion of prompts: everything that does not depend on sampled values)
+→ run the model and sample (``BatchExecutor``) → process the result: append tokens, check stop
+conditions, release finished requests → return the ``ReqOutput``s produced by this step.
+
+Overlap scheduling (default; ``disable_overlap_schedule`` turns it off): batch N+1 is built and
+launched while batch N still runs on the forward thread, and N's result is processed after that.
+N+1's inputs that N is still sampling are placeholders (``Req.pending``). Consequences, all
+handled here: a request that finishes in N may run one extra step in N+1 (that token is
+dropped); a request retracted or aborted while in flight gets its in-flight token at processing
+time (appended, or dropped if it was aborted). Greedy outputs equal the non-overlapped loop's.
 
 Guarantees: every submitted request ends with exactly one finished ``ReqOutput`` (stop, length
 or abort); a request is never dropped for lack of memory (it is retracted and re-run later,
@@ -26,6 +34,7 @@ from radixlm.engine.sampler import Sampler
 from radixlm.errors import RequestError
 from radixlm.mem.cache import MatchResult, check_idle_memory, create_prefix_cache
 from radixlm.scheduler.batch import ScheduleBatch, plan_decode_logits, plan_extend_logits
+from radixlm.scheduler.executor import BatchExecutor, BatchResult
 from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
 from radixlm.scheduler.output import build_output, record_input_logprobs, record_output_logprob
 from radixlm.scheduler.policy import (
@@ -68,6 +77,9 @@ class Scheduler:
 
         self.new_token_ratio = NewTokenRatio(config.schedule_conservativeness)
         self.stats = SchedulerStats()
+        self.executor = BatchExecutor(runner, self.sampler)
+        self.overlap = not config.disable_overlap_schedule
+        self._in_flight: tuple[ScheduleBatch, Any] | None = None  # (batch, Future[BatchResult])
 
     # ---- intake --------------------------------------------------------------------------
     def add_requests(self, trs: list[TokenizedRequest]) -> None:
@@ -89,7 +101,13 @@ class Scheduler:
             self._aborts.append(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked_req or self._outputs)
+        return bool(
+            self.waiting
+            or self.running
+            or self.chunked_req
+            or self._outputs
+            or self._in_flight is not None
+        )
 
     @property
     def num_live(self) -> int:
@@ -98,16 +116,49 @@ class Scheduler:
     # ---- the loop ------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[ReqOutput]:
+        """One loop iteration; returns the outputs it produced.
+
+        Overlap: build and launch batch N+1 on the forward thread, then process batch N while
+        N+1 runs. Otherwise: build, run and process one batch.
+        """
         self._apply_aborts()
+        batch = self._schedule()
+        if not self.overlap:
+            if batch is not None:
+                res = self.executor.run(batch)
+                self.stats.inline_forward_cpu_seconds += res.forward_cpu_seconds
+                self._process(batch, res)
+        else:
+            if batch is not None and batch.needs_sync:
+                self.drain()  # e.g. its sampling needs the previous batch's tokens
+            future = self.executor.submit(batch) if batch is not None else None
+            self.drain()
+            if batch is not None:
+                self._in_flight = (batch, future)
+        if batch is None and self._in_flight is None:
+            self.new_token_ratio.reset()
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def drain(self) -> None:
+        """Process the batch still running on the forward thread, if any."""
+        if self._in_flight is not None:
+            batch, future = self._in_flight
+            self._in_flight = None
+            self._process(batch, future.result())
+
+    def close(self) -> None:
+        """Finish in-flight work and stop the forward thread."""
+        self.drain()
+        self.executor.close()
+
+    def _schedule(self) -> ScheduleBatch | None:
         batch = self._get_prefill_batch()
         if batch is None and self.running:
             batch = self._get_decode_batch()
         if batch is not None:
-            self._run_batch(batch)
-        else:
-            self.new_token_ratio.reset()
-        outputs, self._outputs = self._outputs, []
-        return outputs
+            self._launch(batch)
+        return batch
 
     def _apply_aborts(self) -> None:
         aborts, self._aborts = self._aborts, []
@@ -161,6 +212,8 @@ class Scheduler:
             for req in list(self.waiting):
                 if rows_free == 0:
                     break
+                if req.pending is not None:
+                    continue  # retracted while its last token was in flight: not known yet
                 if id(req) in deferred and adder.admitted:
                     break  # its prefix is being computed in this batch: hit it next pass
                 rows_free -= 1
@@ -209,7 +262,7 @@ class Scheduler:
             extend_lens.append(adm.extend_len)
             slot_chunks.append(slots)
         if not reqs:
-            if not self.running:
+            if not self.running and self._in_flight is None:
                 raise RuntimeError("scheduler made no progress: no prefill fits an idle pool")
             return None  # decode first; finishing requests free memory
         self.stats.prefill_computed_tokens += sum(extend_lens)
@@ -241,113 +294,131 @@ class Scheduler:
 
     # ---- decode --------------------------------------------------------------------------
     def _get_decode_batch(self) -> ScheduleBatch | None:
-        slots = self._alloc_slots(len(self.running))
+        # Under overlap, a request whose in-flight token is its last cannot decode again.
+        reqs = [r for r in self.running if r.num_outputs_launched < r.max_new_tokens]
+        if not reqs:
+            return None
+        slots = self._alloc_slots(len(reqs))
         if slots is None:
-            self._retract()
-            slots = self._alloc_slots(len(self.running))
+            reqs = self._retract(reqs)
+            slots = self._alloc_slots(len(reqs))
             if slots is None:
                 raise RuntimeError("KV pool cannot hold one decode step of a single request")
         else:
             self.new_token_ratio.decay()
         self.req_to_token_pool.write_tokens(
-            [r.req_pool_idx for r in self.running], [r.kv_len for r in self.running], slots
+            [r.req_pool_idx for r in reqs], [r.kv_len for r in reqs], slots
         )
-        n = len(self.running)
+        n = len(reqs)
         return ScheduleBatch(
             mode=ForwardMode.DECODE,
-            reqs=list(self.running),
-            prefix_lens=[r.kv_len for r in self.running],
+            reqs=reqs,
+            prefix_lens=[r.kv_len for r in reqs],
             extend_lens=[1] * n,
             out_cache_loc=slots,
             plan=plan_decode_logits(n),
         )
 
-    def _retract(self) -> None:
-        """Move decoding requests back to the waiting queue until the rest can keep going."""
+    def _retract(self, reqs: list[Req]) -> list[Req]:
+        """Move decoding requests back to the waiting queue until the rest can keep going;
+        returns the requests that stay."""
         retracted = []
         if self.chunked_req is not None:  # a half-prefilled prompt has produced nothing yet
             victim, self.chunked_req = self.chunked_req, None
             self._requeue(victim)
             retracted.append(victim)
         # Victims: least progress first (fewest outputs), then the longest prompts.
-        order = sorted(self.running, key=lambda r: (len(r.output_ids), -r.prompt_len))
-        while len(self.running) > 1:
+        order = sorted(reqs, key=lambda r: (r.num_outputs_launched, -r.prompt_len))
+        keep = list(reqs)
+        while len(keep) > 1:
             headroom = self.allocator.available_size() + self.cache.evictable_size()
-            if headroom >= len(self.running) * RETRACT_DECODE_STEPS:
+            if headroom >= len(keep) * RETRACT_DECODE_STEPS:
                 break
             victim = order.pop(0)
+            keep.remove(victim)
             self.running.remove(victim)
             self._requeue(victim)
             retracted.append(victim)
         self.stats.num_retractions += len(retracted)
-        self.new_token_ratio.after_retraction(self.running)
+        self.new_token_ratio.after_retraction(keep)
         logger.info(
             "KV cache pool is full: retracted %d request(s); new_token_ratio %.3f",
             len(retracted),
             self.new_token_ratio.value,
         )
+        return keep
 
     def _requeue(self, req: Req) -> None:
         self._free_memory(req)
         req.num_retractions += 1
         self.waiting.append(req)
 
-    # ---- run + results -------------------------------------------------------------------
-    def _run_batch(self, batch: ScheduleBatch) -> None:
-        fb = batch.to_forward_batch(self.req_to_token_pool, self.kv_pool, self.device)
-        hidden = self.runner.forward(fb)
-        plan = batch.plan
-        next_ids: list[int] = []
-        sample_out = None
-        if plan.sample_rows:
-            sample_reqs = [batch.reqs[i] for i in plan.sample_req_indices]
-            rows = [r.sampling_row(self.runner.vocab_size, self.device) for r in sample_reqs]
-            logits = self.runner.compute_logits(hidden[plan.sample_rows])
-            want_lp = any(r.return_logprob for r in sample_reqs)
-            top_k = max((r.top_logprobs_num for r in sample_reqs), default=0)
-            sample_out = self.sampler.sample(logits, rows, want_lp, top_k)
-            next_ids = sample_out.next_ids.tolist()
-            if want_lp:  # one device->host copy for the whole batch
-                out_lps = sample_out.logprobs.tolist()
-                top_v = sample_out.top_logprobs.tolist() if top_k else None
-                top_i = sample_out.top_ids.tolist() if top_k else None
-        record_input_logprobs(batch, hidden, self.runner)
+    # ---- launch + results ----------------------------------------------------------------
+    def _launch(self, batch: ScheduleBatch) -> None:
+        """Make ``batch`` runnable and commit everything that does not depend on its result.
 
-        sampled = dict(zip(plan.sample_req_indices, range(len(next_ids))))
-        still_running = []
-        for i, req in enumerate(batch.reqs):
-            req.kv_len += batch.extend_lens[i]
+        KV counts advance now; prompts go into the prefix cache now, so the next batch can
+        hit them. The tree may then hold slots this batch has yet to write: safe, because
+        batches execute in order and only a later batch can read or reuse those slots.
+        """
+        fb = batch.to_forward_batch(self.req_to_token_pool, self.kv_pool, self.device)
+        batch.forward_batch = fb
+        vocab = self.runner.vocab_size
+        batch.sampling_rows = [r.sampling_row(vocab, self.device) for r in batch.sample_reqs]
+        self.runner.prepare(fb)
+        for row, i in enumerate(batch.plan.sample_req_indices):
+            batch.reqs[i].pending = (batch, row)
+        if not batch.mode.is_extend():
+            for req in batch.reqs:
+                req.kv_len += 1
+            return
+        for req, ext in zip(batch.reqs, batch.extend_lens):
+            req.kv_len += ext
+            self.cache.cache_unfinished_req(req, req.fill_ids[: req.kv_len])
             if req.is_chunked:
-                self.cache.cache_unfinished_req(req, req.fill_ids[: req.kv_len])
                 self.chunked_req = req
                 continue
             if req is self.chunked_req:
                 self.chunked_req = None
             if req.return_logprob and req.logprob_start_len >= 0:
                 req.input_logprobs_done = True
-            if i in sampled:
-                j = sampled[i]
-                req.append_token(next_ids[j])
-                if req.return_logprob:
-                    record_output_logprob(req, out_lps[j], top_v and top_v[j], top_i and top_i[j])
-                check_finished(req, self.stop_checker)
-            else:  # max_new_tokens == 0: prefill only
-                req.finished_reason = FinishReason("length", length=0)
+            if req.pending is not None:
+                self.running.append(req)  # it decodes next (dropped there if it finishes now)
+
+    def _process(self, batch: ScheduleBatch, res: BatchResult) -> None:
+        """Apply a batch's sampled tokens: finish, release or stream each request."""
+        self.stats.forward_seconds += res.forward_seconds
+        if batch.plan.input_spans:
+            record_input_logprobs(batch, res)
+        for row, i in enumerate(batch.plan.sample_req_indices):
+            req = batch.reqs[i]
+            if req.pending is not None and req.pending[0] is batch:
+                req.pending = None
             if req.finished:
+                continue  # aborted, or finished by the previous batch: drop the extra token
+            req.append_token(res.next_ids[row])
+            self.stats.generated_tokens += 1
+            if req.return_logprob:
+                top_v = res.top_logprobs[row] if res.top_logprobs else None
+                top_i = res.top_ids[row] if res.top_ids else None
+                record_output_logprob(req, res.logprobs[row], top_v, top_i)
+            check_finished(req, self.stop_checker)
+            if req.finished:
+                if req.req_pool_idx is None and req in self.waiting:
+                    self.waiting.remove(req)  # retracted while this token was in flight
                 self._release(req)
             else:
-                if batch.mode.is_extend():
-                    # Share the prompt while the request decodes: later arrivals hit it.
-                    self.cache.cache_unfinished_req(req, req.fill_ids[: req.kv_len])
-                    still_running.append(req)
                 self._emit(req)
         if batch.mode.is_extend():
-            self.running.extend(still_running)
-        else:
-            self.running = [r for r in self.running if not r.finished]
+            for req in batch.reqs:
+                if not req.is_chunked and not req.finished and req.max_new_tokens == 0:
+                    req.finished_reason = FinishReason("length", length=0)  # prefill only
+                    self._release(req)
+        self.running = [r for r in self.running if not r.finished]
 
     def _release(self, req: Req) -> None:
         """Free a finished request's memory and report it."""
+        self.stats.num_finished_requests += 1
         self._free_memory(req)
         self.reqs.pop(req.rid, None)
         self._emit(req)
@@ -370,6 +441,7 @@ class Scheduler:
     # ---- maintenance ---------------------------------------------------------------------
     def flush_cache(self) -> bool:
         """Drop all cached KV. Refused (False) while any request is live."""
+        self.drain()
         if self.reqs:
             return False
         self.cache.reset()
@@ -388,6 +460,7 @@ class Scheduler:
 
     def check_memory_invariants(self) -> None:
         """When idle: every slot is free or cached, every row is free. Raises on a leak."""
+        self.drain()
         if self.reqs:
             raise RuntimeError(f"{len(self.reqs)} request(s) still live")
         check_idle_memory(self.allocator, self.cache, self.req_to_token_pool)

@@ -19,12 +19,21 @@ class SchedulerStats:
     prefix_hit_tokens: int = 0  # of those, tokens served from the prefix cache
     prefill_computed_tokens: int = 0  # tokens run through extend (prefill) forwards
     num_retractions: int = 0  # requests moved back to the waiting queue for lack of KV room
+    generated_tokens: int = 0  # output tokens appended to requests
+    num_finished_requests: int = 0  # requests that ended (stop, length or abort)
+    forward_seconds: float = 0.0  # wall time of forward + sampling on the executor
+    # CPU time the scheduler thread spent inside forwards (non-overlapped loop only), so the
+    # thread's own CPU time minus this is the scheduling overhead.
+    inline_forward_cpu_seconds: float = 0.0
 
     def snapshot(self, cache: PrefixCache, **gauges: int) -> dict[str, Any]:
         """Counters plus the prefix cache's state and the caller's ``gauges`` (current sizes)."""
         return {
             "prefill_computed_tokens": self.prefill_computed_tokens,
             "num_retractions": self.num_retractions,
+            "generated_tokens": self.generated_tokens,
+            "num_finished_requests": self.num_finished_requests,
+            "forward_seconds": self.forward_seconds,
             "prefix_cache": {
                 "queried_tokens": self.prefix_queried_tokens,
                 "hit_tokens": self.prefix_hit_tokens,

@@ -42,10 +42,16 @@ def test_chunked_prefill_tiny_chunk_matches(roomy_outputs, make_engine):
     assert [r["output_ids"] for r in results] == roomy_outputs
 
 
-def test_tiny_kv_pool_retracts_and_matches(roomy_outputs, make_engine):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_tiny_kv_pool_retracts_and_matches(roomy_outputs, make_engine, overlap):
     probe = make_engine(max_total_tokens=4096)
     budget = _workload_tokens(probe) // 10  # ~10 % of what the workload needs
-    engine = make_engine(max_total_tokens=budget)
+    # A low conservativeness admits optimistically, so decoding must run out of room.
+    engine = make_engine(
+        max_total_tokens=budget,
+        schedule_conservativeness=0.05,
+        disable_overlap_schedule=not overlap,
+    )
     results = engine.generate(STORY_PROMPTS, GREEDY)
     assert [r["output_ids"] for r in results] == roomy_outputs
     assert engine.scheduler.stats.num_retractions > 0, "the pool was meant to be too small"

@@ -1,0 +1,123 @@
+"""``BatchExecutor``: runs launched batches on the model — forward, sample, logprobs — in order.
+
+A batch reaches the executor fully prepared by the scheduler thread: its ``ForwardBatch`` (with
+attention metadata snapshotted from the pools), its sampling rows and, under overlap
+scheduling, ``FutureTokens`` naming the input ids that the previous batch is still sampling.
+
+Two ways to run:
+- ``run(batch)`` inline on the caller's thread (``--disable-overlap-schedule``);
+- ``submit(batch)`` on one worker thread (the default). While batch N runs there, the scheduler
+  thread receives requests, builds batch N+1 and then processes N's result.
+
+Invariant: batches execute strictly in submission order on one thread, so every KV write and
+read of batch N happens before any of batch N+1. That is what makes it safe for the scheduler
+to free, evict and re-allocate slots of batch N while N is still running: only later batches
+can be given those slots. Placeholder input ids of batch N+1 are resolved from N's sampled ids
+(a device tensor) right before N+1's forward — on CUDA this is an on-stream gather, no host
+sync (the same design carries to a dedicated forward stream).
+
+The executor never touches scheduler state (``Req`` objects, pools' free lists, the tree): its
+only outputs are the ``BatchResult`` and ``batch.sampled_ids``.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from radixlm.engine.model_runner import ModelRunner
+from radixlm.engine.sampler import Sampler
+from radixlm.scheduler.batch import ScheduleBatch
+
+
+@dataclass
+class BatchResult:
+    """Host-side results of one batch (plain lists; the device work is complete)."""
+
+    next_ids: list[int] = field(default_factory=list)  # one per plan.sample_rows
+    logprobs: list[float] | None = None  # raw logprob of each sampled id
+    top_logprobs: list[list[float]] | None = None
+    top_ids: list[list[int]] | None = None
+    # Prompt logprobs: one value per row of every plan.input_spans entry, in order.
+    input_logprobs: list[float] = field(default_factory=list)
+    input_top_logprobs: list[list[float]] = field(default_factory=list)
+    input_top_ids: list[list[int]] = field(default_factory=list)
+    forward_seconds: float = 0.0  # wall time of the model forward + sampling
+    forward_cpu_seconds: float = 0.0  # CPU time of the executing thread meanwhile
+
+
+class BatchExecutor:
+    def __init__(self, runner: ModelRunner, sampler: Sampler) -> None:
+        self.runner = runner
+        self.sampler = sampler
+        self._pool: ThreadPoolExecutor | None = None
+
+    def run(self, batch: ScheduleBatch) -> BatchResult:
+        """Execute ``batch`` on the calling thread."""
+        return self._execute(batch)
+
+    def submit(self, batch: ScheduleBatch) -> Future[BatchResult]:
+        """Queue ``batch`` on the forward thread (after every batch submitted before it)."""
+        if self._pool is None:
+            # NOTE: torch's intra-op thread count is per OS thread (OpenMP); give the forward
+            # thread the same count the process was configured with.
+            self._pool = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="radixlm-forward",
+                initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),),
+            )
+        return self._pool.submit(self._execute, batch)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # ---- the device work -----------------------------------------------------------------
+    @torch.inference_mode()
+    def _execute(self, batch: ScheduleBatch) -> BatchResult:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        fb = batch.forward_batch
+        fut = batch.future
+        if fut is not None:  # resolve placeholders with the previous batch's sampled ids
+            fb.input_ids[fut.dst_positions] = fut.source.sampled_ids[fut.src_rows]
+        hidden = self.runner.forward(fb)  # [T, hidden]
+        plan = batch.plan
+        res = BatchResult()
+        if plan.sample_rows:
+            rows = batch.sampling_rows
+            want_lp = batch.want_logprobs
+            top_k = batch.top_logprobs_num
+            logits = self.runner.compute_logits(hidden[plan.sample_rows])
+            out = self.sampler.sample(logits, rows, want_lp, top_k)
+            self.sampler.record_sampled(rows, out.next_ids)
+            batch.sampled_ids = out.next_ids
+            res.next_ids = out.next_ids.tolist()
+            if want_lp:
+                res.logprobs = out.logprobs.tolist()
+                if top_k:
+                    res.top_logprobs = out.top_logprobs.tolist()
+                    res.top_ids = out.top_ids.tolist()
+        if plan.input_spans:
+            self._input_logprobs(batch, hidden, res)
+        res.forward_seconds = time.perf_counter() - t0
+        res.forward_cpu_seconds = time.thread_time() - c0
+        return res
+
+    def _input_logprobs(self, batch: ScheduleBatch, hidden: torch.Tensor, res: BatchResult) -> None:
+        spans = batch.plan.input_spans
+        rows = [row for s in spans for row in s.rows]
+        if not rows:
+            return
+        targets = [t for s in spans for t in s.targets]
+        top_k = max(batch.reqs[s.req_index].top_logprobs_num for s in spans)
+        lp, tv, ti = self.runner.token_logprobs(
+            hidden[rows], torch.tensor(targets, device=hidden.device), top_k
+        )
+        res.input_logprobs = lp.tolist()
+        if tv is not None:
+            res.input_top_logprobs, res.input_top_ids = tv.tolist(), ti.tolist()

@@ -1,0 +1,1 @@
+"""HTTP server: processes, tokenizer manager, native and OpenAI APIs."""
