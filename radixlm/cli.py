@@ -1,6 +1,8 @@
-"""``radixlm`` command line. Engine flags are generated from :class:`EngineConfig`'s fields.
+"""``radixlm`` command line. Flags are generated from the fields of :class:`EngineConfig`
+(and :class:`ServerConfig` for ``serve``), with SGLang's names.
 
 radixlm generate "Once upon a time" --max-new-tokens 40 --temperature 0
+radixlm serve --model-path DIR --port 30000
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
-from radixlm.config import EngineConfig
+from radixlm.config import EngineConfig, ServerConfig
 from radixlm.errors import RadixLMError
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag-name`` per EngineConfig field, with its help text and choices."""
-    for f in fields(EngineConfig):
+def add_engine_args(parser: argparse.ArgumentParser, cls: type = EngineConfig) -> None:
+    """One ``--flag-name`` per field of the config dataclass ``cls``, with help and choices."""
+    for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type).split("|")[0].strip()
         default = f.default if f.default is not MISSING else None
@@ -27,13 +29,30 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", default=default, help=help_text)
         else:
             conv = {"int": int, "float": float}.get(kind, str)
+            if f.name == "model_path":
+                flag = (flag, "--model")
+            flags = flag if isinstance(flag, tuple) else (flag,)
             parser.add_argument(
-                flag, type=conv, default=default, choices=f.metadata.get("choices"), help=help_text
+                *flags,
+                dest=f.name,
+                type=conv,
+                default=default,
+                choices=f.metadata.get("choices"),
+                help=help_text,
             )
 
 
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in fields(EngineConfig)}
+def engine_options(args: argparse.Namespace, cls: type = EngineConfig) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in fields(cls)}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from radixlm.config import ServerConfig
+    from radixlm.server.launch import launch_server
+
+    engine_config = EngineConfig.from_options(**engine_options(args))
+    server_config = ServerConfig(**engine_options(args, ServerConfig)).resolve()
+    return launch_server(engine_config, server_config)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -87,12 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gen.add_argument("--json", action="store_true", help="print full result objects as JSON lines")
     add_engine_args(gen)
+    serve = sub.add_parser(
+        "serve",
+        help="serve the SGLang-native and OpenAI-compatible HTTP APIs",
+        allow_abbrev=False,
+    )
+    add_engine_args(serve)
+    add_engine_args(serve, ServerConfig)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s: %(message)s"
     )
     try:
-        return _generate(args)
+        return _serve(args) if args.command == "serve" else _generate(args)
     except RadixLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -191,3 +191,45 @@ def _cuda_available() -> bool:
 
 def _default_device() -> str:
     return "cuda" if _cuda_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Options of the HTTP server (``radixlm serve``) on top of :class:`EngineConfig`."""
+
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(30000, "port to listen on")
+    api_key: str | None = _opt(
+        None, "require 'Authorization: Bearer <key>' on every route except /health*"
+    )
+    served_model_name: str | None = _opt(
+        None, "model name in the OpenAI API; default: the model directory's name"
+    )
+    chat_template: str | None = _opt(
+        None,
+        "chat template for /v1/chat/completions: a name (chatml, llama-2-chat, "
+        "llama-3-instruct, mistral, qwen, plain) or a Jinja file; default: the tokenizer's",
+    )
+    enable_metrics: bool = _opt(False, "serve Prometheus metrics at /metrics")
+    decode_log_interval: int = _opt(40, "log one batch-statistics line every N scheduler steps")
+    watchdog_timeout: float = _opt(
+        300.0, "seconds without a scheduler heartbeat before the server declares it hung and exits"
+    )
+    health_check_timeout: float = _opt(20.0, "seconds /health_generate waits for its token")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def resolve(self) -> ServerConfig:
+        for f in fields(self):
+            _check_type(f.name, str(f.type), getattr(self, f.name))
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be in 1..65535, got {self.port}")
+        if self.decode_log_interval < 1:
+            raise ConfigError("decode_log_interval must be >= 1")
+        if self.watchdog_timeout <= 0 or self.health_check_timeout <= 0:
+            raise ConfigError("watchdog_timeout and health_check_timeout must be > 0")
+        if self.api_key == "":
+            raise ConfigError("api_key must not be empty (omit it to disable authentication)")
+        return self

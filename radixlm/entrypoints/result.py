@@ -1,10 +1,9 @@
 """Assemble scheduler ``ReqOutput`` deltas into SGLang-shaped result dicts.
 
 ``{"text", "output_ids", "meta_info": {"id", "finish_reason", "prompt_tokens",
-"completion_tokens", "cached_tokens", "e2e_latency", logprob fields}}``. Text is produced by an
-incremental detokenizer. While a request runs with stop strings, the last ``max_stop_len - 1``
-characters are held back from streamed text, so the cumulative text a stream shows is always a
-prefix of the final (stop-trimmed) text.
+"completion_tokens", "cached_tokens", "e2e_latency", logprob fields}}``. Text comes either from
+an in-process :class:`OutputText` (offline engine) or as deltas from the detokenizer process
+(server); either way the cumulative text a stream shows is a prefix of the final text.
 """
 
 from __future__ import annotations
@@ -14,11 +13,13 @@ from typing import Any
 
 from radixlm.entrypoints.request import RequestMeta
 from radixlm.scheduler.io import ReqOutput
-from radixlm.tokenizer.detokenizer import IncrementalDetokenizer
+from radixlm.tokenizer.output_text import OutputText
 
 
 class ResultBuilder:
-    def __init__(self, meta: RequestMeta, tokenizer: Any | None) -> None:
+    """``detokenize=False``: text arrives with each update (the server's detokenizer made it)."""
+
+    def __init__(self, meta: RequestMeta, tokenizer: Any | None, detokenize: bool = True) -> None:
         self.meta = meta
         self.tokenizer = tokenizer
         self.created = time.time()
@@ -35,23 +36,25 @@ class ResultBuilder:
         self.output_top_logprobs: list[list[list[Any]] | None] = []
         self.e2e_latency: float | None = None
         self.dirty = False  # updated since a stream last read it
-        sp = meta.sampling
-        self.detok = (
-            IncrementalDetokenizer(
-                tokenizer, meta.prompt_ids, sp.skip_special_tokens, sp.spaces_between_special_tokens
-            )
-            if tokenizer is not None
+        self.output_text = (
+            OutputText(tokenizer, meta.prompt_ids, meta.sampling)
+            if tokenizer is not None and detokenize
             else None
         )
-        self.text = ""
-        self._holdback = max((len(s) for s in sp.stop), default=1) - 1 if not sp.no_stop_trim else 0
+        self.text = ""  # visible text
+        self.queue_time: float | None = None
+        self.first_token_time: float | None = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def update(self, out: ReqOutput) -> None:
+    def update(self, out: ReqOutput, text_delta: str | None = None) -> None:
         self.dirty = True
+        if out.queue_time is not None:
+            self.queue_time = out.queue_time
+        if out.new_token_ids and self.first_token_time is None:
+            self.first_token_time = time.time()
         self.output_ids.extend(out.new_token_ids)
         self.cached_tokens = out.cached_tokens
         if out.input_token_logprobs is not None:
@@ -61,36 +64,14 @@ class ResultBuilder:
             self.input_top_logprobs = [self._top(t) for t in out.input_top_logprobs or []]
         self.output_token_logprobs += self._tuples(out.output_token_logprobs, out.new_token_ids)
         self.output_top_logprobs += [self._top(t) for t in out.output_top_logprobs]
-        if self.detok is not None:
-            self.text += self.detok.add(out.new_token_ids)
+        if self.output_text is not None:
+            self.output_text.add(out.new_token_ids, out.finished_reason)
+            self.text = self.output_text.visible()
+        elif text_delta:
+            self.text += text_delta
         if out.finished_reason is not None:
             self.finish_reason = out.finished_reason
             self.e2e_latency = time.time() - self.created
-            if self.detok is not None:
-                self.text += self.detok.flush()
-                self.text = self._trim(self.text)
-
-    def _trim(self, text: str) -> str:
-        fr = self.finish_reason or {}
-        if fr.get("type") != "stop" or self.meta.sampling.no_stop_trim:
-            return text
-        matched = fr.get("matched")
-        if isinstance(matched, str):
-            pos = text.find(matched)
-            return text[:pos] if pos != -1 else text
-        if isinstance(matched, int) and self.detok is not None and self.output_ids:
-            # Drop the matched stop token's own text (special tokens are already skipped).
-            tail = self.tokenizer.decode(
-                self.output_ids[-1:], skip_special_tokens=self.meta.sampling.skip_special_tokens
-            )
-            if tail and text.endswith(tail):
-                return text[: -len(tail)]
-        return text
-
-    def visible_text(self) -> str:
-        if self.finished or self._holdback == 0:
-            return self.text
-        return self.text[: max(0, len(self.text) - self._holdback)]
 
     def to_dict(self) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -108,7 +89,7 @@ class ResultBuilder:
             if self.meta.top_logprobs_num > 0:
                 meta["input_top_logprobs"] = list(self.input_top_logprobs)
                 meta["output_top_logprobs"] = list(self.output_top_logprobs)
-        return {"text": self.visible_text(), "output_ids": list(self.output_ids), "meta_info": meta}
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
 
     def _token_text(self, tid: int) -> str | None:
         if not self.meta.return_text_in_logprobs or self.tokenizer is None:

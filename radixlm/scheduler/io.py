@@ -37,6 +37,14 @@ class AbortRequest:
 
 
 @dataclass
+class DetokInit:
+    """What a detokenizer in another process needs to render a request's output text."""
+
+    prompt_tail: list[int]  # the last prompt tokens: left context for the first output token
+    sampling: SamplingParams  # stop strings, no_stop_trim, special-token options
+
+
+@dataclass
 class ReqOutput:
     """What happened to one request since its previous ReqOutput.
 
@@ -55,6 +63,8 @@ class ReqOutput:
     output_token_logprobs: list[float] = field(default_factory=list)
     output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     num_retractions: int = 0
+    queue_time: float | None = None  # seconds from arrival to first admission (first output)
+    detok_init: DetokInit | None = None  # in a request's first output only
 
     @property
     def finished(self) -> bool:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from radixlm.scheduler.batch import ScheduleBatch
 from radixlm.scheduler.executor import BatchResult
-from radixlm.scheduler.io import ReqOutput
+from radixlm.scheduler.io import DetokInit, ReqOutput
 from radixlm.scheduler.req import Req
+from radixlm.tokenizer.detokenizer import CONTEXT_TOKENS, MAX_EXTRA_CONTEXT
+
+# Prompt tokens a detokenizer gets as left context (see tokenizer/detokenizer.py).
+DETOK_CONTEXT_TOKENS = CONTEXT_TOKENS + MAX_EXTRA_CONTEXT
 
 
 def record_input_logprobs(batch: ScheduleBatch, res: BatchResult) -> None:
@@ -61,6 +65,10 @@ def build_output(req: Req, default_interval: int) -> ReqOutput | None:
         cached_tokens=req.cached_tokens,
         num_retractions=req.num_retractions,
     )
+    if start == 0 and not req.sent_any:
+        req.sent_any = True
+        out.queue_time = req.queue_time
+        out.detok_init = DetokInit(req.origin_input_ids[-DETOK_CONTEXT_TOKENS:], req.sampling)
     if req.return_logprob:
         out.output_token_logprobs = req.output_token_logprobs[start:]
         out.output_top_logprobs = req.output_top_logprobs[start:]

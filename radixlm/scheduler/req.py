@@ -64,6 +64,7 @@ class Req:
     last_node: Any = None
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
     admitted_once: bool = False
+    queue_time: float | None = None  # arrival → first admission, seconds
     num_retractions: int = 0
 
     # This round's extend (set by the scheduler when admitting).
@@ -87,6 +88,7 @@ class Req:
     # Streaming cursor: how much has been reported already.
     sent_output_len: int = 0
     sent_input_logprobs: bool = False
+    sent_any: bool = False  # the first output (with DetokInit) has been built
     decode_steps_since_sent: int = 0
 
     # Stop-string detection state (incremental detokenizer), created lazily.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 import torch
@@ -255,6 +256,7 @@ class Scheduler:
                 if not req.admitted_once:
                     req.cached_tokens = req.kv_len
                     req.admitted_once = True
+                    req.queue_time = time.monotonic() - req.arrival
             self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, slots)
             req.is_chunked = adm.chunked
             reqs.append(req)

@@ -1,0 +1,217 @@
+"""The FastAPI app: SGLang-native routes, the OpenAI router, API-key auth, error mapping.
+
+Every error a client can cause is answered as JSON with a 4xx status and a message that says
+what to fix (``{"error": {"message": ...}}`` on native routes; the OpenAI shape on ``/v1``).
+A client that disconnects — streaming or not — has its requests aborted (their KV freed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from radixlm import __version__
+from radixlm.errors import RadixLMError, RequestError
+from radixlm.server.openai_api import create_openai_router
+from radixlm.server.tokenizer_manager import TokenizerManager
+
+logger = logging.getLogger(__name__)
+
+DISCONNECT_POLL_SECONDS = 0.25
+OPEN_PATHS = ("/health", "/health_generate", "/metrics")
+
+
+def error_json(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "code": status}}, status_code=status)
+
+
+def _error(e: Exception) -> JSONResponse:
+    if isinstance(e, RadixLMError):
+        return error_json(e.http_status, str(e))
+    logger.exception("internal error")
+    return error_json(500, f"internal server error: {type(e).__name__}: {e}")
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"the request body is not valid JSON: {e}") from e
+
+
+async def _next_or_disconnect(request: Request, it: AsyncIterator[Any]) -> Any:
+    """``await anext(it)``, but abort (close ``it``) if the client disconnects meanwhile."""
+    task = asyncio.ensure_future(it.__anext__())
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await it.aclose()
+            raise ConnectionAbortedError("client disconnected")
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def _sse_events(first: Any, it: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    try:
+        yield _sse(first)
+        async for chunk in it:
+            yield _sse(chunk)
+    except RadixLMError as e:
+        yield _sse({"error": {"message": str(e), "code": e.http_status}})
+    finally:
+        await it.aclose()  # on disconnect too: aborts what is unfinished
+    yield b"data: [DONE]\n\n"
+
+
+def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
+    app = FastAPI(title="RadixLM", version=__version__, lifespan=lifespan)
+    app.state.tm = tm
+    cfg = tm.server_config
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if (
+            cfg.api_key is not None
+            and request.method != "OPTIONS"
+            and not request.url.path.startswith(OPEN_PATHS)
+            and request.headers.get("authorization") != f"Bearer {cfg.api_key}"
+        ):
+            if request.url.path.startswith("/v1"):
+                return JSONResponse(
+                    {"error": {"message": "Unauthorized: pass 'Authorization: Bearer <api key>'",
+                               "type": "invalid_request_error", "param": None, "code": 401}},
+                    status_code=401,
+                )  # fmt: skip
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        return await call_next(request)
+
+    @app.exception_handler(RadixLMError)
+    async def on_radixlm_error(request: Request, e: RadixLMError):
+        return _error(e)
+
+    # ---- generation ----------------------------------------------------------------------
+    @app.api_route("/generate", methods=["POST", "PUT"])
+    async def generate(request: Request) -> Response:
+        try:
+            obj = await _json_body(request)
+            it = tm.generate(obj)
+            first = await _next_or_disconnect(request, it)
+        except ConnectionAbortedError:
+            return Response(status_code=499)
+        except Exception as e:
+            return _error(e)
+        if isinstance(obj, dict) and obj.get("stream"):
+            return StreamingResponse(_sse_events(first, it), media_type="text/event-stream")
+        await it.aclose()
+        return JSONResponse(first)
+
+    @app.post("/abort_request")
+    async def abort_request(request: Request) -> Response:
+        obj = await _json_body(request)
+        rid = obj.get("rid") if isinstance(obj, dict) else None
+        if not isinstance(rid, str):
+            return error_json(400, 'pass the request id to abort as {"rid": "..."}')
+        found = await tm.abort(rid)
+        return JSONResponse({"rid": rid, "aborted": found})
+
+    # ---- info + maintenance --------------------------------------------------------------
+    @app.get("/get_model_info")
+    async def get_model_info() -> Response:
+        return JSONResponse(
+            {
+                "model_path": tm.engine_config.model_path,
+                "tokenizer_path": tm.engine_config.tokenizer_path,
+                "is_generation": True,
+                "served_model_name": tm.served_model_name,
+                "architecture": tm.ready.architecture,
+                "context_length": tm.context_length,
+                "weight_version": "default",
+            }
+        )
+
+    @app.get("/get_server_info")
+    async def get_server_info() -> Response:
+        stats = await tm.scheduler_stats()
+        info: dict[str, Any] = {
+            k: getattr(tm.engine_config, k) for k in tm.engine_config.field_names()
+        }
+        info.update({k: getattr(cfg, k) for k in cfg.field_names() if k != "api_key"})
+        info.update(
+            served_model_name=tm.served_model_name,
+            max_total_num_tokens=tm.ready.max_total_tokens,
+            max_running_requests=tm.ready.max_running_requests,
+            context_length=tm.context_length,
+            max_req_input_len=tm.context_length - 1,
+            dtype=tm.ready.dtype,
+            device=tm.ready.device,
+            version=__version__,
+            scheduler=stats,
+            internal_states=[
+                {
+                    "cpu_seconds_outside_forward": stats["cpu_seconds_outside_forward"]
+                    + tm.cpu_seconds(),
+                    "forward_seconds": stats["forward_seconds"],
+                    "num_finished_requests": stats["num_finished_requests"],
+                    "last_gen_throughput": tm.health.stats.get("gen_throughput", 0.0),
+                }
+            ],
+        )
+        return JSONResponse(info)
+
+    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache() -> Response:
+        if await tm.flush_cache():
+            return PlainTextResponse("Cache flushed.\n")
+        return PlainTextResponse(
+            "Cache not flushed: requests are running or waiting; retry when the server is idle.\n",
+            status_code=400,
+        )
+
+    @app.get("/health")
+    async def health() -> Response:
+        if tm.health.healthy:
+            return Response(status_code=200)
+        return PlainTextResponse(f"unhealthy: {tm.health.reason}\n", status_code=503)
+
+    @app.get("/health_generate")
+    async def health_generate() -> Response:
+        if not tm.health.healthy:
+            return PlainTextResponse(f"unhealthy: {tm.health.reason}\n", status_code=503)
+        if tm.states:  # real requests are being served: the scheduler is evidently alive
+            return Response(status_code=200)
+        probe = {"input_ids": [0], "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
+        it = tm.generate(probe)
+        try:
+            await asyncio.wait_for(it.__anext__(), cfg.health_check_timeout)
+        except Exception as e:
+            return PlainTextResponse(f"unhealthy: {e}\n", status_code=503)
+        finally:
+            await it.aclose()
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if tm.metrics is None:
+            return PlainTextResponse("metrics are off; start the server with --enable-metrics\n",
+                                     status_code=404)  # fmt: skip
+        from radixlm.server.metrics import CONTENT_TYPE
+
+        return Response(tm.metrics.render(), media_type=CONTENT_TYPE)
+
+    app.include_router(create_openai_router(lambda: tm))
+    return app

@@ -1,0 +1,108 @@
+"""Messages between the server's processes (main ↔ scheduler ↔ detokenizer).
+
+Plain dataclasses, encoded explicitly by :mod:`radixlm.server.codec`. Flow:
+
+    main (TokenizerManager) --GenerateReqs / AbortReq / FlushCacheReq / GetStatsReq--> scheduler
+    scheduler --BatchOutputs--> detokenizer --BatchTextOutputs--> main
+    scheduler --SchedulerReady / RequestRejected / ControlReply / Heartbeat--> main
+    detokenizer --DetokenizerReady--> main
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
+
+
+@dataclass
+class GenerateReqs:
+    """One HTTP call's requests; the scheduler queues all of them or none."""
+
+    requests: list[TokenizedRequest]
+
+
+@dataclass
+class FlushCacheReq:
+    pass
+
+
+@dataclass
+class GetStatsReq:
+    pass
+
+
+@dataclass
+class SchedulerReady:
+    """Start-up handshake: the limits the front end validates requests against."""
+
+    max_total_tokens: int
+    max_running_requests: int
+    context_length: int  # prompt + output tokens one request may reach
+    vocab_size: int
+    dtype: str
+    device: str
+    architecture: str
+
+
+@dataclass
+class SchedulerFailed:
+    message: str
+
+
+@dataclass
+class DetokenizerReady:
+    pass
+
+
+@dataclass
+class RequestRejected:
+    """The scheduler refused a ``GenerateReqs`` (nothing was queued)."""
+
+    rids: list[str]
+    message: str
+    status: int = 400
+
+
+@dataclass
+class ControlReply:
+    kind: str  # "flush_cache" | "stats"
+    ok: bool
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Heartbeat:
+    """Sent by the scheduler about once a second, busy or idle: liveness plus gauges."""
+
+    stats: dict[str, Any]
+
+
+@dataclass
+class BatchOutputs:
+    outputs: list[ReqOutput]
+
+
+@dataclass
+class BatchTextOutputs:
+    """``text_deltas[i]`` is the newly visible text of ``outputs[i]``."""
+
+    outputs: list[ReqOutput]
+    text_deltas: list[str]
+
+
+__all__ = [
+    "AbortRequest",
+    "BatchOutputs",
+    "BatchTextOutputs",
+    "ControlReply",
+    "DetokenizerReady",
+    "FlushCacheReq",
+    "GenerateReqs",
+    "GetStatsReq",
+    "Heartbeat",
+    "RequestRejected",
+    "SchedulerFailed",
+    "SchedulerReady",
+]

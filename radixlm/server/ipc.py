@@ -1,0 +1,93 @@
+"""Local IPC plumbing: socket names in a private directory, ZMQ sockets, parent-death watch.
+
+Topology (each arrow is a ZMQ PUSH → PULL pipe; the receiver binds):
+
+    main ──scheduler_input──▶ scheduler ──detokenizer_input──▶ detokenizer
+      ▲                          │                                  │
+      └────── main_input ◀───────┴──────────────────────────────────┘
+
+The directory is created by ``tempfile.mkdtemp`` (mode 0700: only this user can connect) and
+removed by the launcher on exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IpcNames:
+    directory: str
+    scheduler_input: str
+    detokenizer_input: str
+    main_input: str
+
+    @classmethod
+    def create(cls) -> IpcNames:
+        d = tempfile.mkdtemp(prefix="radixlm-ipc-")
+        os.chmod(d, 0o700)
+        return cls(
+            directory=d,
+            scheduler_input=f"ipc://{d}/scheduler",
+            detokenizer_input=f"ipc://{d}/detokenizer",
+            main_input=f"ipc://{d}/main",
+        )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def pull_socket(ctx: Any, addr: str) -> Any:
+    import zmq
+
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(addr)
+    return sock
+
+
+def push_socket(ctx: Any, addr: str) -> Any:
+    import zmq
+
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(addr)
+    return sock
+
+
+def exit_when_parent_dies(parent_pid: int) -> None:
+    """Make this child process die with its parent (Linux prctl, plus a polling fallback)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                logger.error("parent process %d is gone; exiting", parent_pid)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="radixlm-parent-watch", daemon=True).start()
+
+
+def configure_child_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s [{name}] %(name)s: %(message)s",
+    )

@@ -1,0 +1,223 @@
+"""OpenAI-compatible HTTP routes (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``).
+
+A FastAPI router over any :class:`GenerateBackend` (the server's tokenizer manager, or a fake in
+tests). Bodies are parsed and validated by ``openai_protocol`` (never FastAPI's 422): every error
+is a JSON ``{"error": {message, type, param, code}}`` with the status of the
+:class:`~radixlm.errors.RadixLMError` behind it.
+
+Invariant: the backend's async iterator is always closed (``aclose``) when a response ends, the
+client disconnects, or an error occurs — closing aborts the unfinished requests in the engine.
+Disconnects are watched while waiting for results, not only when sending, so a request still
+queued is aborted as soon as its client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from radixlm.errors import RadixLMError
+from radixlm.server.chat_template import ChatTemplate
+from radixlm.server.openai_protocol import (
+    OpenAICall,
+    StreamState,
+    build_response,
+    error_body,
+    parse_chat_request,
+    parse_completion_request,
+    parse_json_body,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class GenerateBackend(Protocol):
+    """What the routes need from the server (implemented by the tokenizer manager)."""
+
+    served_model_name: str
+    tokenizer: Any | None
+    context_length: int
+    chat_template: ChatTemplate
+
+    def generate(self, obj: dict[str, Any]) -> AsyncIterator[dict | list[dict]]:
+        """Native ``/generate``: raises RadixLMError before the first item on bad input; closing
+        the iterator early aborts the unfinished requests."""
+        ...
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client went away while we waited for the engine."""
+
+
+def create_openai_router(get_backend: Callable[[], GenerateBackend]) -> APIRouter:
+    """Routes under ``/v1``; ``get_backend`` is called per request (it may raise RadixLMError,
+    e.g. a CapacityError while the server is starting)."""
+    router = APIRouter()
+    created = int(time.time())
+
+    @router.get("/v1/models")
+    async def list_models() -> Response:
+        try:
+            backend = get_backend()
+        except RadixLMError as e:
+            return error_response(e)
+        name = backend.served_model_name
+        card = {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "radixlm",
+            "root": name,
+            "max_model_len": backend.context_length,
+        }
+        return JSONResponse({"object": "list", "data": [card]})
+
+    @router.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _handle(request, get_backend, parse_completion_request)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _handle(request, get_backend, parse_chat_request)
+
+    return router
+
+
+def error_response(e: Exception) -> JSONResponse:
+    status, body = error_body(e)
+    if status >= 500:
+        logger.warning("OpenAI request failed (%d): %s", status, body["error"]["message"])
+    return JSONResponse(body, status_code=status)
+
+
+async def _handle(
+    request: Request,
+    get_backend: Callable[[], GenerateBackend],
+    parse: Callable[[dict[str, Any], Any], OpenAICall],
+) -> Response:
+    it: AsyncIterator[Any] | None = None
+    streaming = False
+    try:
+        backend = get_backend()
+        call = parse(parse_json_body(await request.body()), backend)
+        it = backend.generate(call.native)
+        # The first item is awaited here so a bad request is an HTTP error, not a stream event.
+        first = await _next_unless_disconnected(request, it)
+        if call.stream:
+            streaming = True
+            return _EventStream(_events(call, it, first), it)
+        return JSONResponse(build_response(call, first))
+    except ClientDisconnected:
+        logger.debug("client disconnected before the result was ready")
+        return Response(status_code=499)
+    except RadixLMError as e:
+        return error_response(e)
+    except Exception as e:
+        logger.exception("OpenAI request failed")
+        return error_response(e)
+    finally:
+        if it is not None and not streaming:
+            await _close(it)
+
+
+async def _next_unless_disconnected(request: Request, it: AsyncIterator[Any]) -> Any:
+    """The iterator's next item, or ClientDisconnected if the client leaves first."""
+    nxt = asyncio.ensure_future(it.__anext__())
+    watch = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({nxt, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if nxt in done:
+            try:
+                return nxt.result()
+            except StopAsyncIteration:
+                raise RuntimeError("the backend produced no result") from None
+        raise ClientDisconnected
+    finally:
+        for task in (nxt, watch):
+            task.cancel()
+        # Let the cancelled __anext__ unwind before anyone closes the iterator.
+        await asyncio.gather(nxt, watch, return_exceptions=True)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    # The body has been read, so the next ASGI message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _close(it: AsyncIterator[Any]) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is None:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            await aclose()
+        except Exception:
+            logger.exception("closing the backend stream failed")
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+_DONE = "data: [DONE]\n\n"
+
+
+async def _events(call: OpenAICall, it: AsyncIterator[Any], first: Any) -> AsyncIterator[str]:
+    """SSE events: chunks, the usage chunk, ``[DONE]``; an error becomes an error event."""
+    state = StreamState(call)
+    try:
+        for c in state.start():
+            yield _sse(c)
+        item = first
+        while item is not None:
+            for c in state.feed(item):
+                yield _sse(c)
+            item = await anext(it, None)
+        if not state.all_done:
+            raise RuntimeError("the backend stream ended before every choice finished")
+        if call.include_usage:
+            yield _sse(state.usage_chunk())
+        yield _DONE
+    except Exception as e:
+        if not isinstance(e, RadixLMError):
+            logger.exception("OpenAI stream failed")
+        yield _sse(error_body(e)[1])
+        yield _DONE
+    finally:
+        await _close(it)
+
+
+class _EventStream(StreamingResponse):
+    """An SSE response that watches for the client leaving while the body is produced (not only
+    when a send fails) and always closes its body and the backend iterator behind it."""
+
+    def __init__(self, events: AsyncIterator[str], backend_iter: AsyncIterator[Any]) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self.backend_iter = backend_iter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def stream() -> None:
+                    with contextlib.suppress(OSError):  # the client went away mid-send
+                        await self.stream_response(send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(stream)
+                await self.listen_for_disconnect(receive)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            await _close(self.backend_iter)  # the body never started if the client left at once

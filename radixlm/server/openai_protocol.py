@@ -1,0 +1,503 @@
+"""OpenAI protocol: request bodies → native ``/generate`` calls, native results → OpenAI dicts.
+
+Pure functions and a small stream state; no I/O (``openai_api`` does the HTTP).
+
+Requests are validated here, with messages naming the OpenAI field (``param``). Fields whose
+OpenAI name equals the native sampling name (``temperature``, ``top_p``, ``stop``, penalties,
+``logit_bias``, SGLang extras such as ``top_k``) are passed through and range-checked by the
+engine, which names them the same way. Unknown fields are ignored (OpenAI clients send many:
+``user``, ``metadata``, ``store``, ...), and so is ``model``: responses name the served model.
+``max_tokens`` absent means 16 for completions and "until the context ends" for chat; ``null``
+means until the context ends (``max_new_tokens = context_length``, capped per prompt by the
+engine).
+
+Results: choice ``index = prompt_i * n + k`` (the native order). Usage counts each distinct
+prompt once even with ``n > 1``; ``cached_tokens`` is the smallest cache hit among a prompt's
+samples (the prompt was computed at least once). An aborted request is an error
+(:class:`RequestAbortedError`, 503), never a choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixlm.errors import RadixLMError, RequestError
+from radixlm.server.chat_template import render_chat, split_stops
+
+MAX_TOP_LOGPROBS = 20
+COMPLETION_DEFAULT_MAX_TOKENS = 16
+# Native sampling keys accepted under the same name (validated by the engine).
+_SAME_NAME = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias")
+_SGLANG_EXTRAS = tuple(
+    "top_k min_p repetition_penalty stop_token_ids no_stop_trim ignore_eos skip_special_tokens "
+    "spaces_between_special_tokens regex json_schema ebnf".split()
+)
+
+
+class OpenAIRequestError(RequestError):
+    """A 400 whose OpenAI error body names the offending field in ``param``."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class RequestAbortedError(RadixLMError):
+    """The engine aborted the request (admin abort, shutdown); the client may retry."""
+
+    http_status = 503
+
+
+@dataclass
+class OpenAICall:
+    """A parsed OpenAI request: the native body to send plus what building the answer needs."""
+
+    kind: str  # "completion" | "chat"
+    native: dict[str, Any]
+    model: str
+    n: int
+    num_prompts: int
+    stream: bool
+    include_usage: bool
+    logprobs: int | None  # None: no logprobs; else alternatives per token
+    id: str
+    echo_texts: list[str] | None = None  # completions with echo: each prompt's text
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def object_name(self) -> str:
+        return "text_completion" if self.kind == "completion" else "chat.completion"
+
+
+def error_body(e: Exception) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, ``{"error": {message, type, param, code}}``) for any exception."""
+    status = e.http_status if isinstance(e, RadixLMError) else 500
+    message = str(e) if isinstance(e, RadixLMError) else f"internal error: {type(e).__name__}: {e}"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    err = {"message": message, "type": kind, "param": getattr(e, "param", None), "code": status}
+    return status, {"error": err}
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OpenAIRequestError(f"the request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise OpenAIRequestError(
+            f"the request body must be a JSON object, got {type(body).__name__}"
+        )
+    return body
+
+
+# ---- field validation --------------------------------------------------------------------
+def _int(body: dict, name: str, lo: int | None = None, hi: int | None = None) -> int | None:
+    x = body.get(name)
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise OpenAIRequestError(f"{name} must be an integer, got {x!r}", name)
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise OpenAIRequestError(f"{name} must be {rng}, got {x}", name)
+    return x
+
+
+def _bool(body: dict, name: str, default: bool = False) -> bool:
+    x = body.get(name)
+    if x is None:
+        return default
+    if not isinstance(x, bool):
+        raise OpenAIRequestError(f"{name} must be true or false, got {x!r}", name)
+    return x
+
+
+def _sampling(body: dict, max_tokens: int | None, context_length: int) -> dict[str, Any]:
+    """The native ``sampling_params`` shared by both endpoints."""
+    sp: dict[str, Any] = {"max_new_tokens": context_length if max_tokens is None else max_tokens}
+    sp["n"] = _int(body, "n", lo=1) or 1
+    for key in _SAME_NAME + _SGLANG_EXTRAS:
+        if body.get(key) is not None:
+            sp[key] = body[key]
+    seed = _int(body, "seed")
+    if seed is not None:
+        sp["sampling_seed"] = seed
+    min_tokens = _int(body, "min_tokens", lo=0)
+    if min_tokens is not None:
+        sp["min_new_tokens"] = min_tokens
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and not (
+        isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)
+    ):
+        raise OpenAIRequestError("stop must be a non-empty string or a list of them", "stop")
+    if stop:
+        sp["stop"] = stop
+    return sp
+
+
+def _common(
+    body: dict, backend: Any, kind: str, sp: dict, logprobs: int | None, num_prompts: int
+) -> OpenAICall:
+    stream = _bool(body, "stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise OpenAIRequestError("stream_options must be an object", "stream_options")
+    include_usage = stream and _bool(opts or {}, "include_usage")
+    rid = body.get("rid")
+    if rid is not None and not isinstance(rid, str):
+        raise OpenAIRequestError("rid must be a string", "rid")
+    prefix = "cmpl" if kind == "completion" else "chatcmpl"
+    call = OpenAICall(
+        kind=kind,
+        native={"sampling_params": sp, "stream": stream},
+        model=backend.served_model_name,
+        n=sp["n"],
+        num_prompts=num_prompts,
+        stream=stream,
+        include_usage=include_usage,
+        logprobs=logprobs,
+        id=rid or f"{prefix}-{uuid.uuid4().hex}",
+    )
+    call.native["rid"] = call.id
+    if logprobs is not None:
+        call.native.update(
+            return_logprob=True, top_logprobs_num=logprobs, return_text_in_logprobs=True
+        )
+    return call
+
+
+# ---- /v1/completions ---------------------------------------------------------------------
+def parse_completion_request(body: dict[str, Any], backend: Any) -> OpenAICall:
+    """Validate a ``/v1/completions`` body; see the module docstring for the mapping."""
+    if body.get("suffix"):
+        raise OpenAIRequestError("suffix is not supported", "suffix")
+    best_of = _int(body, "best_of", lo=1)
+    if best_of is not None and best_of != (_int(body, "n", lo=1) or 1):
+        raise OpenAIRequestError("best_of different from n is not supported", "best_of")
+    key, prompt, num_prompts = _completion_prompt(body.get("prompt"))
+    max_tokens = _int(body, "max_tokens", lo=0)
+    if "max_tokens" not in body:
+        max_tokens = COMPLETION_DEFAULT_MAX_TOKENS
+    sp = _sampling(body, max_tokens, backend.context_length)
+    logprobs = _int(body, "logprobs", lo=0, hi=MAX_TOP_LOGPROBS)
+    call = _common(body, backend, "completion", sp, logprobs, num_prompts)
+    call.native[key] = prompt
+    if _bool(body, "echo"):
+        call.echo_texts = _echo_texts(key, prompt, backend.tokenizer)
+        if logprobs is not None:
+            call.native["logprob_start_len"] = 0
+    return call
+
+
+def _is_id(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _completion_prompt(p: Any) -> tuple[str, Any, int]:
+    """(native key, value, number of prompts)."""
+    if isinstance(p, str) and p:
+        return "text", p, 1
+    if isinstance(p, list) and p:
+        if all(isinstance(x, str) and x for x in p):
+            return "text", p, len(p)
+        if all(_is_id(x) for x in p):
+            return "input_ids", p, 1
+        if all(isinstance(x, list) and x and all(_is_id(t) for t in x) for x in p):
+            return "input_ids", p, len(p)
+    raise OpenAIRequestError(
+        "prompt must be a non-empty string, a list of non-empty strings, a list of token ids "
+        "or a list of non-empty token id lists",
+        "prompt",
+    )
+
+
+def _echo_texts(key: str, prompt: Any, tokenizer: Any | None) -> list[str]:
+    if key == "text":
+        return [prompt] if isinstance(prompt, str) else list(prompt)
+    if tokenizer is None:
+        raise OpenAIRequestError("echo of token id prompts needs a tokenizer", "echo")
+    lists = [prompt] if _is_id(prompt[0]) else prompt
+    return [tokenizer.decode(ids, skip_special_tokens=False) for ids in lists]
+
+
+# ---- /v1/chat/completions ----------------------------------------------------------------
+def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
+    """Validate a ``/v1/chat/completions`` body, render its messages and build the call."""
+    tool_choice = body.get("tool_choice")
+    for name in ("tools", "functions"):
+        if body.get(name) and tool_choice != "none":
+            raise OpenAIRequestError("tool calling is not supported yet", name)
+    continue_final = _bool(body, "continue_final_message")
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise OpenAIRequestError("chat_template_kwargs must be an object", "chat_template_kwargs")
+    template = backend.chat_template
+    try:
+        ids = render_chat(
+            template,
+            backend.tokenizer,
+            body.get("messages"),
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+            chat_template_kwargs=kwargs,
+        )
+    except OpenAIRequestError:
+        raise
+    except RequestError as e:
+        raise OpenAIRequestError(str(e), "messages") from e
+    max_tokens = _int(body, "max_tokens", lo=0)
+    max_completion = _int(body, "max_completion_tokens", lo=0)
+    limit = max_completion if max_completion is not None else max_tokens
+    sp = _sampling(body, limit, backend.context_length)
+    stop_strings, extra_ids = split_stops(template, backend.tokenizer)
+    stop = list(dict.fromkeys(sp.get("stop", []) + stop_strings))
+    if stop:
+        sp["stop"] = stop
+    if extra_ids:
+        user_ids = sp.get("stop_token_ids") or []
+        sp["stop_token_ids"] = (user_ids if isinstance(user_ids, list) else [user_ids]) + extra_ids
+    _response_format(body.get("response_format"), sp)
+    top = _int(body, "top_logprobs", lo=0, hi=MAX_TOP_LOGPROBS)
+    want_logprobs = _bool(body, "logprobs")
+    if top and not want_logprobs:
+        raise OpenAIRequestError("top_logprobs needs logprobs: true", "top_logprobs")
+    call = _common(body, backend, "chat", sp, (top or 0) if want_logprobs else None, 1)
+    call.native["input_ids"] = ids
+    return call
+
+
+def _response_format(fmt: Any, sp: dict[str, Any]) -> None:
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return
+    if kind not in ("json_object", "json_schema"):
+        raise OpenAIRequestError(
+            "response_format must be {type: text | json_object | json_schema}", "response_format"
+        )
+    if any(sp.get(k) for k in ("regex", "json_schema", "ebnf")):
+        raise OpenAIRequestError(
+            "pass either response_format or one of regex/json_schema/ebnf", "response_format"
+        )
+    if kind == "json_object":
+        sp["json_schema"] = json.dumps({"type": "object"})
+        return
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise OpenAIRequestError(
+            "response_format.json_schema.schema must be a JSON schema object", "response_format"
+        )
+    sp["json_schema"] = json.dumps(schema)
+
+
+# ---- native results → responses ----------------------------------------------------------
+def as_list(item: dict | list[dict]) -> list[dict]:
+    """A native non-stream item as a list of results in choice order."""
+    return item if isinstance(item, list) else [item]
+
+
+def finish_reason(meta: dict[str, Any]) -> tuple[str | None, Any]:
+    """(OpenAI ``finish_reason``, ``matched_stop``); raises RequestAbortedError on an abort."""
+    fr = meta.get("finish_reason")
+    if fr is None:
+        return None, None
+    if fr.get("type") == "abort":
+        raise RequestAbortedError(f"the request was aborted: {fr.get('message') or 'no reason'}")
+    if fr.get("type") == "length":
+        return "length", None
+    return "stop", fr.get("matched")
+
+
+def usage(call: OpenAICall, metas: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Usage over all choices; each distinct prompt counted once (see module docstring)."""
+    prompt = cached = 0
+    for g in range(call.num_prompts):
+        group = [m for m in metas[g * call.n : (g + 1) * call.n] if m]
+        if group:
+            prompt += group[0]["prompt_tokens"]
+            cached += min(m.get("cached_tokens", 0) for m in group)
+    completion = sum(m["completion_tokens"] for m in metas if m)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def _safe(lp: float | None, none: float | None = None) -> float | None:
+    """JSON-safe logprob: ``none`` for a missing one, -9999.0 (OpenAI's floor) for -inf/nan."""
+    if lp is None:
+        return none
+    return lp if math.isfinite(lp) else -9999.0
+
+
+def _entries(meta: dict, with_input: bool, skip_out: int = 0) -> tuple[list, list | None]:
+    """Logprob entries ``[lp, id, text]`` (prompt ones first when ``with_input``) and their
+    top alternatives (None when the request asked for none)."""
+    ins = (meta.get("input_token_logprobs") or []) if with_input else []
+    entries = list(ins) + (meta.get("output_token_logprobs") or [])[skip_out:]
+    if "output_top_logprobs" not in meta:
+        return entries, None
+    in_tops = (meta.get("input_top_logprobs") or [None] * len(ins)) if with_input else []
+    return entries, list(in_tops) + meta["output_top_logprobs"][skip_out:]
+
+
+def completion_logprobs(entries: list, tops: list | None, offset: int) -> tuple[dict, int]:
+    """The legacy ``logprobs`` object; ``text_offset`` counts characters of the token texts from
+    ``offset``. Returns it and the offset after the last token."""
+    tokens, lps, offsets, top_out = [], [], [], []
+    for j, (lp, _tid, text) in enumerate(entries):
+        tokens.append(text or "")
+        lps.append(_safe(lp))
+        offsets.append(offset)
+        offset += len(text or "")
+        if tops is not None:
+            alts = tops[j] if j < len(tops) else None
+            top_out.append(None if alts is None else {a[2] or "": _safe(a[0]) for a in alts})
+    out = {
+        "tokens": tokens,
+        "token_logprobs": lps,
+        "top_logprobs": top_out if tops is not None else None,
+        "text_offset": offsets,
+    }
+    return out, offset
+
+
+def chat_logprobs(entries: list, tops: list | None) -> dict[str, Any]:
+    """The chat ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+
+    def one(lp: float | None, text: str | None) -> dict[str, Any]:
+        text = text or ""
+        return {"token": text, "logprob": _safe(lp, -9999.0), "bytes": list(text.encode())}
+
+    content = []
+    for j, (lp, _tid, text) in enumerate(entries):
+        alts = (tops[j] if tops is not None and j < len(tops) else None) or []
+        content.append({**one(lp, text), "top_logprobs": [one(a[0], a[2]) for a in alts]})
+    return {"content": content}
+
+
+def _envelope(call: OpenAICall, obj: str, choices: list[dict], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "object": obj,
+        "created": call.created,
+        "model": call.model,
+        "choices": choices,
+        **extra,
+    }
+
+
+def build_response(call: OpenAICall, item: dict | list[dict]) -> dict[str, Any]:
+    """The non-stream response for a native non-stream item."""
+    results = as_list(item)
+    echo = bool(call.echo_texts)
+    choices = []
+    for i, r in enumerate(results):
+        meta = r["meta_info"]
+        reason, matched = finish_reason(meta)
+        choice: dict[str, Any] = {"index": i}
+        lp = None
+        if call.kind == "completion":
+            choice["text"] = (call.echo_texts[i // call.n] if echo else "") + r["text"]
+            if call.logprobs is not None:
+                lp = completion_logprobs(*_entries(meta, echo), 0)[0]
+        else:
+            choice["message"] = {"role": "assistant", "content": r["text"]}
+            if call.logprobs is not None:
+                lp = chat_logprobs(*_entries(meta, False))
+        choice.update(logprobs=lp, finish_reason=reason, matched_stop=matched)
+        choices.append(choice)
+    metas = [r["meta_info"] for r in results]
+    return _envelope(call, call.object_name, choices, usage=usage(call, metas))
+
+
+@dataclass
+class _ChoiceState:
+    sent: int = 0  # characters of the cumulative text already sent
+    logprobs_sent: int = 0  # output logprob entries already sent
+    offset: int = 0  # completions: text_offset of the next token
+    started: bool = False
+    done: bool = False
+    meta: dict[str, Any] | None = None
+
+
+class StreamState:
+    """Turns the backend's cumulative chunks into OpenAI stream chunks (deltas per choice).
+
+    Chat streams open every choice with a ``{"role": "assistant"}`` delta (:meth:`start`); the
+    last chunk of a choice carries its ``finish_reason``. :meth:`feed` raises
+    :class:`RequestAbortedError` when a choice was aborted.
+    """
+
+    def __init__(self, call: OpenAICall) -> None:
+        self.call = call
+        self.choices = [_ChoiceState() for _ in range(call.n * call.num_prompts)]
+        self.obj = "text_completion" if call.kind == "completion" else "chat.completion.chunk"
+
+    @property
+    def all_done(self) -> bool:
+        return all(c.done for c in self.choices)
+
+    def _chunk(self, choices: list[dict]) -> dict[str, Any]:
+        extra = {"usage": None} if self.call.include_usage else {}
+        return _envelope(self.call, self.obj, choices, **extra)
+
+    def start(self) -> list[dict[str, Any]]:
+        if self.call.kind == "completion":
+            return []
+        role = {"delta": {"role": "assistant", "content": ""}, "logprobs": None}
+        return [
+            self._chunk([{"index": i, **role, "finish_reason": None}])
+            for i in range(len(self.choices))
+        ]
+
+    def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        """One backend chunk (cumulative ``text`` for choice ``chunk.get("index", 0)``)."""
+        i = chunk.get("index", 0)
+        st = self.choices[i]
+        if st.done:
+            return []
+        meta = chunk["meta_info"]
+        reason, matched = finish_reason(meta)
+        st.meta = meta
+        text = chunk["text"]
+        # NOTE: the backend's cumulative text only grows (stop strings are held back until
+        # trimmed); if it ever shrank, nothing already sent could be taken back anyway.
+        delta = text[st.sent :]
+        st.sent = max(st.sent, len(text))
+        completion = self.call.kind == "completion"
+        first_echo = completion and bool(self.call.echo_texts) and not st.started
+        lp = None
+        if self.call.logprobs is not None:
+            entries, tops = _entries(meta, first_echo, st.logprobs_sent)
+            st.logprobs_sent = len(meta.get("output_token_logprobs") or [])
+            if entries and completion:
+                lp, st.offset = completion_logprobs(entries, tops, st.offset)
+            elif entries:
+                lp = chat_logprobs(entries, tops)
+        st.started = True
+        st.done = reason is not None
+        prefix = self.call.echo_texts[i // self.call.n] if first_echo else ""
+        if not (delta or prefix or lp or st.done):
+            return []
+        if completion:
+            choice: dict[str, Any] = {"index": i, "text": prefix + delta}
+        else:
+            choice = {"index": i, "delta": {"content": delta} if delta else {}}
+        choice.update(logprobs=lp, finish_reason=reason, matched_stop=matched)
+        return [self._chunk([choice])]
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """The final ``stream_options.include_usage`` chunk (no choices)."""
+        metas = [c.meta for c in self.choices]
+        return _envelope(self.call, self.obj, [], usage=usage(self.call, metas))

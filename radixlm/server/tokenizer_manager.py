@@ -1,0 +1,365 @@
+"""``TokenizerManager``: the main process's asyncio front end to the scheduler.
+
+It validates and tokenizes each call (``entrypoints/request.py``, shared with the offline
+engine), assigns request ids, sends the requests to the scheduler, and wakes the waiting HTTP
+handler whenever the detokenizer delivers output. It also watches the children: a dead
+scheduler or detokenizer, or a scheduler silent for ``watchdog_timeout`` seconds, fails every
+waiting request with a 503, marks the server unhealthy and asks the launcher to exit.
+
+Invariant: every request registered here ends exactly once — finished by the scheduler,
+aborted (client gone or ``/abort_request``), or failed — and its state is removed then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixlm.config import EngineConfig, ServerConfig
+from radixlm.entrypoints.request import build_requests
+from radixlm.entrypoints.result import ResultBuilder
+from radixlm.errors import CapacityError, RadixLMError, RequestError
+from radixlm.server import codec
+from radixlm.server.io_struct import (
+    AbortRequest,
+    BatchTextOutputs,
+    ControlReply,
+    FlushCacheReq,
+    GenerateReqs,
+    GetStatsReq,
+    Heartbeat,
+    RequestRejected,
+    SchedulerReady,
+)
+from radixlm.server.ipc import IpcNames, pull_socket, push_socket
+
+logger = logging.getLogger(__name__)
+
+# Fields of the native /generate body. Accepted only when null (features not built yet).
+GENERATE_FIELDS = {
+    "text", "input_ids", "sampling_params", "rid", "return_logprob", "logprob_start_len",
+    "top_logprobs_num", "return_text_in_logprobs", "stream", "cache_salt", "extra_key",
+}  # fmt: skip
+NULL_ONLY_FIELDS = {
+    "input_embeds", "image_data", "video_data", "audio_data", "lora_path", "session_params",
+    "custom_logit_processor", "return_hidden_states", "token_ids_logprob", "priority",
+    "data_parallel_rank", "bootstrap_host", "bootstrap_port", "bootstrap_room", "log_metrics",
+    "modalities", "stream_output",
+}  # fmt: skip
+
+
+class SchedulerUnavailable(CapacityError):
+    """The scheduler process died or hung; the server is shutting down."""
+
+
+@dataclass
+class ReqState:
+    builder: ResultBuilder
+    wake: asyncio.Event  # shared by all requests of one call
+    error: RadixLMError | None = None
+    last_token_time: float = 0.0
+
+
+@dataclass
+class ChildProcess:
+    name: str
+    process: Any  # multiprocessing.Process
+
+
+@dataclass
+class Health:
+    healthy: bool = True
+    reason: str = ""
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class TokenizerManager:
+    def __init__(
+        self,
+        engine_config: EngineConfig,
+        server_config: ServerConfig,
+        tokenizer: Any | None,
+        ready: SchedulerReady,
+        ipc: IpcNames,
+        children: list[ChildProcess],
+        metrics: Any | None = None,
+        chat_template: Any = None,
+    ) -> None:
+        self.engine_config = engine_config
+        self.server_config = server_config
+        self.tokenizer = tokenizer
+        self.ready = ready
+        self.ipc = ipc
+        self.children = children
+        self.metrics = metrics
+        self.chat_template = chat_template
+        self.context_length = ready.context_length
+        self.vocab_size = ready.vocab_size
+        self.served_model_name = server_config.served_model_name or os.path.basename(
+            os.path.normpath(engine_config.model_path)
+        )
+        self.states: dict[str, ReqState] = {}
+        self.health = Health()
+        self._control: dict[str, deque[asyncio.Future]] = {"flush_cache": deque(), "stats": deque()}
+        self._tasks: list[asyncio.Task] = []
+        self.on_fatal: Callable[[str], None] = lambda reason: None
+
+    async def start(self) -> None:
+        """Bind the sockets on the running loop and start the receive and watchdog tasks."""
+        import zmq.asyncio
+
+        self._ctx = zmq.asyncio.Context()
+        self._recv = pull_socket(self._ctx, self.ipc.main_input)
+        self._send = push_socket(self._ctx, self.ipc.scheduler_input)
+        self.health.last_heartbeat = time.monotonic()
+        self._tasks = [
+            asyncio.create_task(self._receive_loop(), name="radixlm-receive"),
+            asyncio.create_task(self._watchdog_loop(), name="radixlm-watchdog"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._ctx.destroy(linger=0)
+
+    # ---- generation ----------------------------------------------------------------------
+    async def generate(self, obj: Any) -> AsyncIterator[dict | list[dict]]:
+        """Native /generate. Non-stream: yields one result (a list for batches). Stream:
+        yields cumulative chunks (with ``index`` for batches). Raises RadixLMError on bad
+        input before yielding. Closing the iterator early aborts unfinished requests."""
+        requests, metas, is_batch = self._validate(obj)
+        stream = bool(obj.get("stream"))
+        wake = asyncio.Event()
+        states = []
+        for r, m in zip(requests, metas):
+            st = ReqState(ResultBuilder(m, self.tokenizer, detokenize=False), wake)
+            self.states[r.rid] = st
+            states.append(st)
+        try:
+            await self._send.send(codec.encode(GenerateReqs(requests)))
+            if stream:
+                async for chunk in self._stream(states, is_batch):
+                    yield chunk
+            else:
+                while not all(s.builder.finished or s.error for s in states):
+                    await wake.wait()
+                    wake.clear()
+                    self._raise_error(states)
+                results = [s.builder.to_dict() for s in states]
+                yield results if is_batch else results[0]
+        finally:
+            for r, st in zip(requests, states):
+                if not st.builder.finished and st.error is None and self.health.healthy:
+                    await self._send.send(codec.encode(AbortRequest(r.rid, "client went away")))
+                self.states.pop(r.rid, None)
+
+    async def _stream(self, states: list[ReqState], is_batch: bool) -> AsyncIterator[dict]:
+        wake = states[0].wake
+        while True:
+            self._raise_error(states)
+            for st in states:
+                if st.builder.dirty:
+                    st.builder.dirty = False
+                    chunk = st.builder.to_dict()
+                    if is_batch:
+                        chunk["index"] = st.builder.meta.index
+                    yield chunk
+            if all(st.builder.finished for st in states):
+                return
+            if not any(st.builder.dirty for st in states):
+                await wake.wait()
+                wake.clear()
+
+    @staticmethod
+    def _raise_error(states: list[ReqState]) -> None:
+        for st in states:
+            if st.error is not None:
+                raise st.error
+
+    def _validate(self, obj: Any):
+        if not self.health.healthy:
+            raise SchedulerUnavailable(f"the server is shutting down: {self.health.reason}")
+        if not isinstance(obj, dict):
+            raise RequestError("the request body must be a JSON object")
+        unknown = sorted(k for k in obj if k not in GENERATE_FIELDS | NULL_ONLY_FIELDS)
+        if unknown:
+            raise RequestError(
+                f"unknown field(s) {unknown}; valid fields: {', '.join(sorted(GENERATE_FIELDS))}"
+            )
+        for k in NULL_ONLY_FIELDS:
+            if obj.get(k) not in (None, [], {}):
+                raise RequestError(f"field {k!r} is not supported by this server")
+        for k in ("return_text_in_logprobs", "stream"):
+            if obj.get(k) is not None and not isinstance(obj[k], bool):
+                raise RequestError(f"{k} must be true or false, got {obj[k]!r}")
+        requests, metas, is_batch = build_requests(
+            text=obj.get("text"),
+            input_ids=obj.get("input_ids"),
+            sampling_params=obj.get("sampling_params"),
+            rid=obj.get("rid"),
+            return_logprob=obj.get("return_logprob"),
+            logprob_start_len=obj.get("logprob_start_len"),
+            top_logprobs_num=obj.get("top_logprobs_num"),
+            return_text_in_logprobs=bool(obj.get("return_text_in_logprobs")),
+            stream=bool(obj.get("stream")),
+            tokenizer=self.tokenizer,
+            vocab_size=self.vocab_size,
+            cache_salt=obj.get("cache_salt"),
+            extra_key=obj.get("extra_key"),
+        )
+        for r in requests:
+            if len(r.input_ids) >= self.context_length:
+                raise RequestError(
+                    f"the prompt has {len(r.input_ids)} tokens but this server accepts at most "
+                    f"{self.context_length - 1} (context length {self.context_length}); "
+                    "shorten the prompt"
+                )
+            if r.rid in self.states:
+                raise RequestError(f"request id {r.rid!r} is already in use")
+        return requests, metas, is_batch
+
+    async def abort(self, rid: str) -> bool:
+        """Abort a live request (it finishes with type "abort"). False if unknown."""
+        if rid not in self.states:
+            return False
+        await self._send.send(codec.encode(AbortRequest(rid, "aborted by /abort_request")))
+        return True
+
+    # ---- control -------------------------------------------------------------------------
+    async def _control_call(self, kind: str, msg: Any, timeout: float = 30.0) -> ControlReply:
+        if not self.health.healthy:
+            raise SchedulerUnavailable(f"the server is shutting down: {self.health.reason}")
+        fut = asyncio.get_running_loop().create_future()
+        self._control[kind].append(fut)
+        await self._send.send(codec.encode(msg))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError as e:
+            raise SchedulerUnavailable(f"the scheduler did not answer {kind} in {timeout} s") from e
+
+    async def flush_cache(self) -> bool:
+        return (await self._control_call("flush_cache", FlushCacheReq())).ok
+
+    async def scheduler_stats(self) -> dict[str, Any]:
+        return (await self._control_call("stats", GetStatsReq())).payload
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the main process plus the detokenizer (all outside the forward)."""
+        total = time.process_time()
+        for child in self.children:
+            if child.name == "detokenizer":
+                total += _process_cpu_seconds(child.process.pid)
+        return total
+
+    # ---- receive + watchdog --------------------------------------------------------------
+    async def _receive_loop(self) -> None:
+        while True:
+            msg = codec.decode(await self._recv.recv())
+            if isinstance(msg, BatchTextOutputs):
+                for out, delta in zip(msg.outputs, msg.text_deltas):
+                    st = self.states.get(out.rid)
+                    if st is not None:
+                        st.builder.update(out, delta)
+                        self._observe(st, out)
+                        st.wake.set()
+            elif isinstance(msg, Heartbeat):
+                self.health.last_heartbeat = time.monotonic()
+                self.health.stats = msg.stats
+                if self.metrics is not None:
+                    self._observe_stats(msg.stats)
+            elif isinstance(msg, RequestRejected):
+                for rid in msg.rids:
+                    st = self.states.get(rid)
+                    if st is not None:
+                        st.error = RadixLMError(msg.message)
+                        st.error.http_status = msg.status
+                        st.wake.set()
+            elif isinstance(msg, ControlReply):
+                queue = self._control.get(msg.kind)
+                while queue:
+                    fut = queue.popleft()
+                    if not fut.done():
+                        fut.set_result(msg)
+                        break
+
+    async def _watchdog_loop(self) -> None:
+        timeout = self.server_config.watchdog_timeout
+        while True:
+            await asyncio.sleep(0.5)
+            dead = [c.name for c in self.children if not c.process.is_alive()]
+            if dead:
+                self.fail(f"the {' and '.join(dead)} process died")
+                return
+            if time.monotonic() - self.health.last_heartbeat > timeout:
+                self.fail(f"the scheduler sent no heartbeat for {timeout:.0f} s (hung)")
+                return
+
+    def fail(self, reason: str) -> None:
+        """Mark the server unhealthy, fail every waiting request, and ask to exit."""
+        if not self.health.healthy:
+            return
+        logger.error("fatal: %s; failing %d request(s) and exiting", reason, len(self.states))
+        self.health.healthy = False
+        self.health.reason = reason
+        for st in self.states.values():
+            if not st.builder.finished:
+                st.error = SchedulerUnavailable(f"request failed: {reason}")
+                st.wake.set()
+        for queue in self._control.values():
+            for fut in queue:
+                if not fut.done():
+                    fut.set_exception(SchedulerUnavailable(reason))
+        self.on_fatal(reason)
+
+    # ---- metrics -------------------------------------------------------------------------
+    def _observe(self, st: ReqState, out: Any) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        now = time.time()
+        b = st.builder
+        if out.new_token_ids:
+            if st.last_token_time == 0.0:
+                m.on_first_token(now - b.created)
+            else:
+                m.on_tokens(now - st.last_token_time, len(out.new_token_ids))
+            st.last_token_time = now
+        if out.finished_reason is not None:
+            m.on_request_finished(
+                prompt_tokens=out.prompt_tokens,
+                completion_tokens=out.completion_tokens,
+                cached_tokens=out.cached_tokens,
+                e2e_s=now - b.created,
+                queue_s=b.queue_time,
+                aborted=out.finished_reason.get("type") == "abort",
+            )
+
+    def _observe_stats(self, s: dict[str, Any]) -> None:
+        pc = s["prefix_cache"]
+        self.metrics.on_scheduler_stats(
+            num_running_reqs=s["num_running_reqs"],
+            num_queue_reqs=s["num_waiting_reqs"],
+            num_used_tokens=s["num_used_tokens"],
+            token_usage=s["token_usage"],
+            gen_throughput=s.get("gen_throughput", 0.0),
+            cache_hit_rate=s.get("cache_hit_rate", 0.0),
+            prefix_cache_queried_tokens=pc["queried_tokens"],
+            prefix_cache_hit_tokens=pc["hit_tokens"],
+        )
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """utime + stime of another process (Linux /proc); 0.0 where unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
