@@ -1,0 +1,107 @@
+"""Auth, metrics, start-up failure, and a dead scheduler (→ /health 503, non-zero exit)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.server.conftest import Server, free_port
+
+
+@pytest.fixture(scope="module")
+def guarded(start_server):
+    return start_server("--api-key", "sekrit", "--enable-metrics")
+
+
+def test_api_key(guarded):
+    status, out = guarded.post(
+        "/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 2}}
+    )
+    assert status == 401 and out == {"error": "Unauthorized"}
+    status, out = guarded.get("/v1/models")
+    assert status == 401 and "Bearer" in out["error"]["message"]
+    assert guarded.get("/health")[0] == 200  # health and metrics stay open
+    auth = {"Authorization": "Bearer sekrit"}
+    status, out = guarded.post(
+        "/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 2}}, headers=auth
+    )
+    assert status == 200 and out["meta_info"]["completion_tokens"] == 2
+    assert guarded.get("/get_model_info", headers={"Authorization": "Bearer wrong"})[0] == 401
+
+
+def test_metrics(guarded):
+    auth = {"Authorization": "Bearer sekrit"}
+    for _ in range(2):
+        guarded.post(
+            "/generate",
+            {"text": "Once upon a time", "sampling_params": {"max_new_tokens": 5}},
+            headers=auth,
+        )
+    time.sleep(1.5)  # one scheduler heartbeat carries the gauges and cache counters
+    status, text = guarded.get("/metrics")
+    assert status == 200
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    label = '{model_name="stories260K"}'
+    assert samples[f"radixlm:num_requests_total{label}"] >= 3  # incl. the api-key test's
+    assert samples[f"radixlm:generation_tokens_total{label}"] >= 10
+    assert samples[f"radixlm:prompt_tokens_total{label}"] > 0
+    assert samples[f"radixlm:prefix_cache_hit_tokens_total{label}"] > 0
+    assert samples[f"radixlm:time_to_first_token_seconds_count{label}"] >= 3
+    assert samples[f"radixlm:e2e_request_latency_seconds_count{label}"] >= 3
+    assert f"radixlm:inter_token_latency_seconds_count{label}" in samples
+    assert f"radixlm:queue_time_seconds_count{label}" in samples
+    assert (
+        f"radixlm:token_usage{label}" in samples and f"radixlm:num_running_reqs{label}" in samples
+    )
+
+
+def test_bad_model_path_fails_fast(tmp_path):
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "radixlm.launch_server", "--model-path", str(tmp_path / "nope"),
+         "--port", str(port)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "not a directory" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_killed_scheduler_means_503_and_exit(tmp_path):
+    s = Server(log_path=str(tmp_path / "kill.log"))
+    try:
+        kids = _children(s.proc.pid)
+        match = re.search(r"spawned scheduler \(pid (\d+)\)", s.read_log())
+        scheduler = int(match.group(1))
+        assert scheduler in kids
+        os.kill(scheduler, signal.SIGKILL)
+        saw_503 = False
+        deadline = time.monotonic() + 15
+        while s.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                saw_503 |= s.get("/health")[0] == 503
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert s.proc.poll() is not None, "server did not exit"
+        assert s.proc.returncode != 0
+        assert saw_503
+        for k in kids:  # the other children are gone too
+            assert (
+                not os.path.exists(f"/proc/{k}") or open(f"/proc/{k}/stat").read().split()[2] == "Z"
+            )
+    finally:
+        s.stop()

@@ -1,0 +1,106 @@
+"""The OpenAI Python SDK, unchanged, against real server processes: outputs equal the
+in-process engine's greedy outputs, on the bundled model and on a tiny random model."""
+
+from __future__ import annotations
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+
+def _client(server, api_key: str = "unused"):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0)
+
+
+def test_completions_match_engine(server, engine):
+    c = _client(server)
+    r = c.completions.create(model="any", prompt="Once upon a time", max_tokens=20, temperature=0)
+    ref = engine.generate("Once upon a time", {"temperature": 0, "max_new_tokens": 20})
+    assert r.choices[0].text == ref["text"]
+    assert r.usage.completion_tokens == len(ref["output_ids"])
+    assert r.object == "text_completion"
+
+
+def test_completions_stream_equals_non_stream(server):
+    c = _client(server)
+    kw = dict(model="m", prompt="Lily went", max_tokens=16, temperature=0)
+    full = c.completions.create(**kw).choices[0].text
+    chunks = list(c.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == full
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16
+
+
+def test_chat_and_stream(server):
+    c = _client(server)
+    msgs = [{"role": "user", "content": "Tell me a story about a cat."}]
+    r = c.chat.completions.create(model="m", messages=msgs, max_tokens=16, temperature=0)
+    text = r.choices[0].message.content
+    assert r.choices[0].message.role == "assistant" and text
+    streamed = c.chat.completions.create(
+        model="m", messages=msgs, max_tokens=16, temperature=0, stream=True
+    )
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == text
+
+
+def test_n_seed_logprobs_and_cached_tokens(server):
+    c = _client(server)
+    prompt = "The little dog was sad because it lost its ball in the big park"
+    r = c.completions.create(model="m", prompt=prompt, max_tokens=8, n=2, temperature=0.9, seed=3,
+                             logprobs=2)  # fmt: skip
+    assert len(r.choices) == 2
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == 8 and len(lp.top_logprobs[0]) == 2
+    again = c.completions.create(model="m", prompt=prompt, max_tokens=8, n=2, temperature=0.9,
+                                 seed=3, logprobs=2)  # fmt: skip
+    assert [ch.text for ch in again.choices] == [ch.text for ch in r.choices]  # seeded
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+    chat = c.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": prompt}], max_tokens=5, temperature=0,
+        logprobs=True, top_logprobs=2,
+    )  # fmt: skip
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 5 and len(content[0].top_logprobs) == 2
+
+
+def test_stop_and_max_completion_tokens(server):
+    c = _client(server)
+    r = c.completions.create(model="m", prompt="Once upon a time", max_tokens=60, temperature=0,
+                             stop=["."])  # fmt: skip
+    assert r.choices[0].finish_reason == "stop" and "." not in r.choices[0].text
+    chat = c.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=3,
+        temperature=0,
+    )  # fmt: skip
+    assert chat.usage.completion_tokens == 3 and chat.choices[0].finish_reason == "length"
+
+
+def test_errors_in_openai_shape(server):
+    c = _client(server)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="m", prompt="x", temperature=-1)
+    assert "temperature" in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="m", messages=[])
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="m", messages=[{"role": "wizard", "content": "x"}])
+    assert "role" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def tiny(start_server, tiny_models):
+    return start_server("--model-path", tiny_models["qwen2"], "--served-model-name", "tiny")
+
+
+def test_tiny_random_model_matches_engine(tiny, tiny_models):
+    import radixlm
+
+    prompts = ["Once upon a time", "Tom and Sue", "A bird sat"]
+    with radixlm.Engine(tiny_models["qwen2"], max_total_tokens=4000, num_threads=1) as e:
+        refs = e.generate(prompts, {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True})
+    c = _client(tiny)
+    assert c.models.list().data[0].id == "tiny"
+    r = c.completions.create(model="tiny", prompt=prompts, max_tokens=12, temperature=0,
+                             extra_body={"ignore_eos": True})  # fmt: skip
+    assert [ch.text for ch in sorted(r.choices, key=lambda ch: ch.index)] == [
+        x["text"] for x in refs
+    ]
