@@ -19,8 +19,8 @@ reply or ``--sharegpt-output-len``), ``random`` (decoded random token ids) and
 once (``--request-rate inf``) or Poisson arrivals, optionally capped by ``--max-concurrency``.
 
 ``--launch`` compares overlap scheduling on and off: it starts ``radixlm.launch_server`` twice on
-the 120M random-weight Llama of ``bench/common.py`` (the default, then with
-``--disable-overlap-schedule``), runs the same workload against each and prints both plus the
+the 120M random-weight Llama of ``bench/common.py`` (with ``--enable-overlap-schedule``, then
+with ``--disable-overlap-schedule``; overlap is off by default on CPU), runs the same workload against each and prints both plus the
 ratio overlap / no-overlap. Example (from the repo root; a few minutes on 2 cores):
 
     python bench/serving.py --launch --dataset-name sharegpt --sharegpt-output-len 64 \\
@@ -747,8 +747,7 @@ def server_command(
     cmd = [sys.executable, "-m", "radixlm.launch_server", "--model-path", str(model_dir)]
     cmd += ["--port", str(port), "--host", "127.0.0.1", "--num-threads", str(args.num_threads)]
     cmd += ["--max-total-tokens", str(max_total)]
-    if not overlap:
-        cmd.append("--disable-overlap-schedule")
+    cmd.append("--enable-overlap-schedule" if overlap else "--disable-overlap-schedule")
     return cmd + shlex.split(args.server_args)
 
 

@@ -6,7 +6,7 @@ token for every running request, retracting requests if the KV pool is short) �
 → run the model and sample (``BatchExecutor``) → process the result: append tokens, check stop
 conditions, release finished requests → return the ``ReqOutput``s produced by this step.
 
-Overlap scheduling (default; ``disable_overlap_schedule`` turns it off): batch N+1 is built and
+Overlap scheduling (default on CUDA, ``enable_overlap_schedule`` on CPU): batch N+1 is built and
 launched while batch N still runs on the forward thread, and N's result is processed after that.
 N+1's inputs that N is still sampling are placeholders (``Req.pending``). Consequences, all
 handled here: a request that finishes in N may run one extra step in N+1 (that token is
@@ -79,7 +79,7 @@ class Scheduler:
         self.new_token_ratio = NewTokenRatio(config.schedule_conservativeness)
         self.stats = SchedulerStats()
         self.executor = BatchExecutor(runner, self.sampler)
-        self.overlap = not config.disable_overlap_schedule
+        self.overlap = config.overlap_schedule
         self._in_flight: tuple[ScheduleBatch, Any] | None = None  # (batch, Future[BatchResult])
 
     # ---- intake --------------------------------------------------------------------------

@@ -62,10 +62,12 @@ def _enc(value: Any) -> Any:
 
 def _dec(value: Any) -> Any:
     if type(value) is tuple and len(value) == 3 and value[0] == MARK:
-        cls = _CLS.get(value[1])
+        cls = _CLS.get(value[1]) if type(value[1]) is str else None
         if cls is None:
             raise CodecError(f"unknown message type {value[1]!r}")
         names = _FIELDS[cls]
+        if type(value[2]) is not tuple:
+            raise CodecError(f"{value[1]} fields are a {type(value[2]).__name__}, not a tuple")
         if len(names) != len(value[2]):
             raise CodecError(f"{value[1]} has {len(value[2])} fields, expected {len(names)}")
         return cls(**{n: _dec(v) for n, v in zip(names, value[2])})

@@ -30,31 +30,37 @@ class OutputText:
             max((len(s) for s in sampling.stop), default=1) - 1 if not sampling.no_stop_trim else 0
         )
         self._sent = 0
-        self._last_id: int | None = None
+        self._last_start = 0  # where the finishing (last) token's text starts in ``text``
 
     def add(self, new_ids: list[int], finish_reason: dict[str, Any] | None) -> None:
         """Append tokens; on the last call pass the request's finish reason (trims the stop)."""
-        if new_ids:
-            self._last_id = new_ids[-1]
-        self.text += self.detok.add(new_ids)
-        if finish_reason is not None:
-            self.finished = True
-            self.text = self._trim(self.text + self.detok.flush(), finish_reason)
+        if finish_reason is None:
+            self.text += self.detok.add(new_ids)
+            return
+        # The scheduler matched the stop on the last token: the stop token itself, or a stop
+        # string ending in its text (an earlier occurrence, while ``min_new_tokens`` suppressed
+        # stops, must stay; the stream may have shown it already).
+        self.text += self.detok.add(new_ids[:-1])
+        self._last_start = len(self.text)
+        self.text += self.detok.add(new_ids[-1:]) + self.detok.flush()
+        self.finished = True
+        self.text = self._trim(self.text, finish_reason)
 
     def _trim(self, text: str, fr: dict[str, Any]) -> str:
         if fr.get("type") != "stop" or self.sampling.no_stop_trim:
             return text
         matched = fr.get("matched")
         if isinstance(matched, str):
-            pos = text.find(matched)
+            # The earliest occurrence that ends in the last token's text (as the scheduler's
+            # stop check finds it); else the first one.
+            pos = text.find(matched, max(0, self._last_start - len(matched) + 1))
+            if pos == -1:
+                pos = text.find(matched)
             return text[:pos] if pos != -1 else text
-        if isinstance(matched, int) and self._last_id is not None:
-            # Drop the matched stop token's own text (special tokens are already skipped).
-            tail = self.tokenizer.decode(
-                [self._last_id], skip_special_tokens=self.sampling.skip_special_tokens
-            )
-            if tail and text.endswith(tail):
-                return text[: -len(tail)]
+        if isinstance(matched, int):
+            # Drop the matched stop token's text in context (SentencePiece's leading space
+            # included, which decoding the token alone would lose).
+            return text[: self._last_start]
         return text
 
     def visible(self) -> str:

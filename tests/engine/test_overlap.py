@@ -20,7 +20,7 @@ PROMPTS = [
 
 
 def _both(make_engine, call, **options):
-    on = make_engine(disable_overlap_schedule=False, **options)
+    on = make_engine(enable_overlap_schedule=True, **options)
     off = make_engine(disable_overlap_schedule=True, **options)
     return call(on), call(off)
 
@@ -88,7 +88,7 @@ def test_pressure_identical(make_engine, options):
 
 
 def test_streams_and_aborts_leave_no_leak(make_engine):
-    engine = make_engine()
+    engine = make_engine(enable_overlap_schedule=True)
     params = {"temperature": 0, "max_new_tokens": 60, "ignore_eos": True}
     full = engine.generate(PROMPTS, params)
     stream = engine.generate(PROMPTS, params, stream=True)
@@ -118,9 +118,9 @@ def test_sync_hook_keeps_results(make_engine, monkeypatch):
         return batch
 
     params = {"temperature": 0, "max_new_tokens": 20}
-    baseline = make_engine().generate(PROMPTS, params)
+    baseline = make_engine(disable_overlap_schedule=True).generate(PROMPTS, params)
     monkeypatch.setattr(Scheduler, "_schedule", flagged)
-    engine = make_engine()
+    engine = make_engine(enable_overlap_schedule=True)
     drained = []
     original_drain = Scheduler.drain
 

@@ -50,6 +50,7 @@ def test_tiny_kv_pool_retracts_and_matches(roomy_outputs, make_engine, overlap):
     engine = make_engine(
         max_total_tokens=budget,
         schedule_conservativeness=0.05,
+        enable_overlap_schedule=overlap,
         disable_overlap_schedule=not overlap,
     )
     results = engine.generate(STORY_PROMPTS, GREEDY)

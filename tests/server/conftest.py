@@ -140,7 +140,7 @@ def start_server(tmp_path_factory) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def server(start_server) -> Server:
-    """The bundled model, default options (overlap on)."""
+    """The bundled model, default options (on CPU: no overlap)."""
     return start_server()
 
 

@@ -212,7 +212,7 @@ def test_64_concurrent_equal_sequential(server):
 
 
 def test_overlap_equals_no_overlap(server, start_server):
-    plain = start_server("--disable-overlap-schedule")
+    plain = start_server("--enable-overlap-schedule")  # the default server does not overlap on CPU
     body = {"text": PROMPTS + [p + " again" for p in PROMPTS],
             "sampling_params": {"temperature": 0, "max_new_tokens": 40}}  # fmt: skip
     assert [o["output_ids"] for o in server.generate(body)] == [

@@ -385,7 +385,8 @@ def test_cli_parses_and_builds_server_command(tmp_path):
         "--num-threads", "2", "--max-total-tokens", "5000",
         "--disable-overlap-schedule", "--dtype", "bf16",
     ]  # fmt: skip
-    assert "--disable-overlap-schedule" not in serving.server_command(args, tmp_path, 1, 1, True)
+    on = serving.server_command(args, tmp_path, 1, 1, True)
+    assert "--enable-overlap-schedule" in on and "--disable-overlap-schedule" not in on
     assert serving.parse_args(["--port", "8000"]).base_url == "http://127.0.0.1:8000"
 
 
