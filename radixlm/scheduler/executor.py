@@ -49,11 +49,56 @@ class BatchResult:
     forward_cpu_seconds: float = 0.0  # CPU time of the executing thread meanwhile
 
 
+class ForwardThread:
+    """The one thread that runs forwards (and, ideally, every other parallel torch op).
+
+    NOTE: on CPU, libgomp keeps one OpenMP thread team per OS thread that runs a parallel
+    region. Once two teams share the cores, libgomp throttles their spin-waits and every small
+    op pays a sleep/wake-up: we measured decode-sized ops ~10x slower, for good. So a process
+    that overlaps on CPU must run all parallel work on this thread: it loads the model here
+    (``call``), and the scheduler thread confines itself to one OpenMP thread
+    (``confine_calling_thread``) before it runs any parallel op.
+    """
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        threads = num_threads or torch.get_num_threads()
+        self._pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="radixlm-forward",
+            initializer=torch.set_num_threads,
+            initargs=(threads,),
+        )
+
+    def call(self, fn, *args, **kwargs):
+        """Run ``fn`` on the forward thread and return its result."""
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn, *args) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    @staticmethod
+    def confine_calling_thread() -> None:
+        """Give the calling thread a single OpenMP thread (no team of its own).
+
+        ATen sets a thread's OpenMP count once, from the global count, at its first parallel
+        op; so set the global to 1 and trigger that now — the forward thread's initializer then
+        raises the global again for itself only.
+        """
+        torch.set_num_threads(1)
+        torch.ones(2).sum()
+
+
 class BatchExecutor:
-    def __init__(self, runner: ModelRunner, sampler: Sampler) -> None:
+    def __init__(
+        self, runner: ModelRunner, sampler: Sampler, thread: ForwardThread | None = None
+    ) -> None:
         self.runner = runner
         self.sampler = sampler
-        self._pool: ThreadPoolExecutor | None = None
+        self._thread = thread
+        self._owns_thread = thread is None
 
     def run(self, batch: ScheduleBatch) -> BatchResult:
         """Execute ``batch`` on the calling thread."""
@@ -61,21 +106,14 @@ class BatchExecutor:
 
     def submit(self, batch: ScheduleBatch) -> Future[BatchResult]:
         """Queue ``batch`` on the forward thread (after every batch submitted before it)."""
-        if self._pool is None:
-            # NOTE: torch's intra-op thread count is per OS thread (OpenMP); give the forward
-            # thread the same count the process was configured with.
-            self._pool = ThreadPoolExecutor(
-                max_workers=1,
-                thread_name_prefix="radixlm-forward",
-                initializer=torch.set_num_threads,
-                initargs=(torch.get_num_threads(),),
-            )
-        return self._pool.submit(self._execute, batch)
+        if self._thread is None:
+            self._thread = ForwardThread()
+        return self._thread.submit(self._execute, batch)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._thread is not None and self._owns_thread:
+            self._thread.close()
+            self._thread = None
 
     # ---- the device work -----------------------------------------------------------------
     @torch.inference_mode()

@@ -35,7 +35,7 @@ from radixlm.engine.sampler import Sampler
 from radixlm.errors import RequestError
 from radixlm.mem.cache import MatchResult, check_idle_memory, create_prefix_cache
 from radixlm.scheduler.batch import ScheduleBatch, plan_decode_logits, plan_extend_logits
-from radixlm.scheduler.executor import BatchExecutor, BatchResult
+from radixlm.scheduler.executor import BatchExecutor, BatchResult, ForwardThread
 from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
 from radixlm.scheduler.output import build_output, record_input_logprobs, record_output_logprob
 from radixlm.scheduler.policy import (
@@ -53,7 +53,13 @@ logger = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, runner: ModelRunner, tokenizer: Any | None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        runner: ModelRunner,
+        tokenizer: Any | None,
+        forward_thread: ForwardThread | None = None,
+    ) -> None:
         self.config = config
         self.runner = runner
         self.limits = runner.limits
@@ -78,7 +84,7 @@ class Scheduler:
 
         self.new_token_ratio = NewTokenRatio(config.schedule_conservativeness)
         self.stats = SchedulerStats()
-        self.executor = BatchExecutor(runner, self.sampler)
+        self.executor = BatchExecutor(runner, self.sampler, forward_thread)
         self.overlap = config.overlap_schedule
         self._in_flight: tuple[ScheduleBatch, Any] | None = None  # (batch, Future[BatchResult])
 

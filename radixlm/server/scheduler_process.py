@@ -76,14 +76,23 @@ class SchedulerLoop:
         self, config: EngineConfig, recv: Any, to_detok: Any, to_main: Any, log_interval: int
     ) -> None:
         from radixlm.engine.model_runner import ModelRunner
+        from radixlm.scheduler.executor import ForwardThread
         from radixlm.scheduler.scheduler import Scheduler
         from radixlm.tokenizer import load_tokenizer
 
         self.recv, self.to_detok, self.to_main = recv, to_detok, to_main
         self.log_interval = log_interval
-        runner = ModelRunner(config)
+        thread = None
+        if config.overlap_schedule:
+            # All parallel torch work (model load included) runs on the forward thread; this
+            # thread only schedules (see ForwardThread).
+            thread = ForwardThread(config.num_threads)
+            ForwardThread.confine_calling_thread()
+            runner = thread.call(ModelRunner, config)
+        else:
+            runner = ModelRunner(config)
         tokenizer = None if config.skip_tokenizer_init else load_tokenizer(config.tokenizer_path)
-        self.scheduler = Scheduler(config, runner, tokenizer)
+        self.scheduler = Scheduler(config, runner, tokenizer, forward_thread=thread)
         lim = runner.limits
         self.max_total_tokens = lim.max_total_tokens
         ready = SchedulerReady(
