@@ -78,27 +78,48 @@ async def _sse_events(first: Any, it: AsyncIterator[Any]) -> AsyncIterator[bytes
     yield b"data: [DONE]\n\n"
 
 
+class ApiKeyMiddleware:
+    """Require ``Authorization: Bearer <key>`` except on OPTIONS and the health/metrics routes.
+
+    NOTE: a plain ASGI middleware, not ``@app.middleware("http")``: Starlette's
+    BaseHTTPMiddleware wraps ``receive`` so that handlers never see the client disconnect,
+    and a request whose client left would then run to completion instead of being aborted.
+    """
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or scope["path"].startswith(OPEN_PATHS)
+            or dict(scope["headers"]).get(b"authorization") == self.expected
+        ):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith("/v1"):
+            body = {
+                "error": {
+                    "message": "Unauthorized: pass 'Authorization: Bearer <api key>'",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": 401,
+                }
+            }
+        else:
+            body = {"error": "Unauthorized"}
+        await JSONResponse(body, status_code=401)(scope, receive, send)
+
+
 def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="RadixLM", version=__version__, lifespan=lifespan)
     app.state.tm = tm
     cfg = tm.server_config
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if (
-            cfg.api_key is not None
-            and request.method != "OPTIONS"
-            and not request.url.path.startswith(OPEN_PATHS)
-            and request.headers.get("authorization") != f"Bearer {cfg.api_key}"
-        ):
-            if request.url.path.startswith("/v1"):
-                return JSONResponse(
-                    {"error": {"message": "Unauthorized: pass 'Authorization: Bearer <api key>'",
-                               "type": "invalid_request_error", "param": None, "code": 401}},
-                    status_code=401,
-                )  # fmt: skip
-            return JSONResponse({"error": "Unauthorized"}, status_code=401)
-        return await call_next(request)
+    if cfg.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
 
     @app.exception_handler(RadixLMError)
     async def on_radixlm_error(request: Request, e: RadixLMError):

@@ -1,9 +1,9 @@
 """OpenAI-compatible HTTP routes (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``).
 
 A FastAPI router over any :class:`GenerateBackend` (the server's tokenizer manager, or a fake in
-tests). Bodies are parsed and validated by ``openai_protocol`` (never FastAPI's 422): every error
-is a JSON ``{"error": {message, type, param, code}}`` with the status of the
-:class:`~radixlm.errors.RadixLMError` behind it.
+tests). Bodies are parsed and validated by ``openai_protocol`` (never FastAPI's 422), answers
+are built by ``openai_results``: every error is a JSON ``{"error": {message, type, param, code}}``
+with the status of the :class:`~radixlm.errors.RadixLMError` behind it.
 
 Invariant: the backend's async iterator is always closed (``aclose``) when a response ends, the
 client disconnects, or an error occurs — closing aborts the unfinished requests in the engine.
@@ -29,13 +29,12 @@ from radixlm.errors import RadixLMError
 from radixlm.server.chat_template import ChatTemplate
 from radixlm.server.openai_protocol import (
     OpenAICall,
-    StreamState,
-    build_response,
     error_body,
     parse_chat_request,
     parse_completion_request,
     parse_json_body,
 )
+from radixlm.server.openai_results import StreamState, build_response
 
 logger = logging.getLogger(__name__)
 

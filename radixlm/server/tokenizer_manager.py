@@ -156,9 +156,21 @@ class TokenizerManager:
                 yield results if is_batch else results[0]
         finally:
             for r, st in zip(requests, states):
-                if not st.builder.finished and st.error is None and self.health.healthy:
-                    await self._send.send(codec.encode(AbortRequest(r.rid, "client went away")))
                 self.states.pop(r.rid, None)
+                if st.builder.finished:
+                    continue
+                if self.metrics is not None:  # its finish will not reach a state any more
+                    b = st.builder
+                    self.metrics.on_request_finished(
+                        prompt_tokens=b.prompt_tokens,
+                        completion_tokens=len(b.output_ids),
+                        cached_tokens=b.cached_tokens,
+                        e2e_s=time.time() - b.created,
+                        queue_s=b.queue_time,
+                        aborted=True,
+                    )
+                if st.error is None and self.health.healthy:
+                    await self._send.send(codec.encode(AbortRequest(r.rid, "client went away")))
 
     async def _stream(self, states: list[ReqState], is_batch: bool) -> AsyncIterator[dict]:
         wake = states[0].wake

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -104,4 +106,57 @@ def test_killed_scheduler_means_503_and_exit(tmp_path):
                 not os.path.exists(f"/proc/{k}") or open(f"/proc/{k}/stat").read().split()[2] == "Z"
             )
     finally:
+        s.stop()
+
+
+def _metric(server, name: str, auth: dict) -> float:
+    text = server.get("/metrics", headers=auth)[1]
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_non_streaming_disconnect_aborts(guarded):
+    """A client that gives up on a non-streamed request gets its request aborted."""
+    auth = {"Authorization": "Bearer sekrit"}
+    before = _metric(guarded, "radixlm:num_aborted_requests_total", auth)
+    payload = json.dumps(
+        {"text": "Once upon a time", "sampling_params": {"max_new_tokens": 450, "ignore_eos": True}}
+    ).encode()
+    s = socket.create_connection(("127.0.0.1", guarded.port), timeout=30)
+    s.sendall(
+        b"POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\n"
+        + f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    time.sleep(0.3)
+    s.close()
+    deadline = time.monotonic() + 20
+    while _metric(guarded, "radixlm:num_aborted_requests_total", auth) <= before:
+        assert time.monotonic() < deadline, "the abandoned request was not aborted"
+        time.sleep(0.2)
+
+
+def test_hung_scheduler_means_503_and_exit(tmp_path):
+    s = Server("--watchdog-timeout", "3", log_path=str(tmp_path / "hang.log"))
+    scheduler = int(re.search(r"spawned scheduler \(pid (\d+)\)", s.read_log()).group(1))
+    try:
+        os.kill(scheduler, signal.SIGSTOP)  # alive but silent: no heartbeats
+        saw_503 = False
+        deadline = time.monotonic() + 20
+        while s.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                saw_503 |= s.get("/health")[0] == 503
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert s.proc.poll() is not None and s.proc.returncode != 0
+        assert saw_503
+        assert "hung" in s.read_log()
+    finally:
+        try:
+            os.kill(scheduler, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         s.stop()

@@ -127,6 +127,17 @@ def test_flush_cache_when_idle(server):
     assert server.scheduler_stats()["prefix_cache"]["tree_tokens"] == 0
 
 
+def test_flush_cache_refused_while_busy(server):
+    body = {"text": PROMPTS[0], "sampling_params": {"max_new_tokens": 450, "ignore_eos": True}}
+    t = threading.Thread(target=server.generate, args=(body,))
+    t.start()
+    while server.scheduler_stats()["num_running_reqs"] == 0 and t.is_alive():
+        threading.Event().wait(0.01)
+    status, text = server.post("/flush_cache")
+    t.join(60)
+    assert status == 400 and "requests are running" in text
+
+
 def test_abort_request(server):
     body = {
         "text": PROMPTS[0],

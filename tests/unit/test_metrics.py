@@ -9,15 +9,14 @@ import threading
 
 import pytest
 
-from radixlm.server.metrics import (
+from radixlm.server import metrics, prometheus
+from radixlm.server.metrics import INTER_TOKEN_BUCKETS, LATENCY_BUCKETS, ServerMetrics
+from radixlm.server.prometheus import (
     CONTENT_TYPE,
-    INTER_TOKEN_BUCKETS,
-    LATENCY_BUCKETS,
     Counter,
     Gauge,
     Histogram,
     MetricsRegistry,
-    ServerMetrics,
     escape_label_value,
     format_value,
 )
@@ -278,6 +277,7 @@ def test_bucket_lists_span_1ms_to_10min():
 
 def test_server_metrics_scenario():
     assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+    assert metrics.CONTENT_TYPE is prometheus.CONTENT_TYPE  # re-exported for http_server
     m = ServerMetrics('llama "3"')
     model = frozenset({("model_name", 'llama "3"')})
 

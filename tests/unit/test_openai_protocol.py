@@ -14,14 +14,12 @@ from radixlm.errors import CapacityError, RequestError
 from radixlm.server.chat_template import TEMPLATES, ChatTemplate, render_chat
 from radixlm.server.openai_protocol import (
     OpenAIRequestError,
-    RequestAbortedError,
-    StreamState,
-    build_response,
     error_body,
     parse_chat_request,
     parse_completion_request,
     parse_json_body,
 )
+from radixlm.server.openai_results import RequestAbortedError, StreamState, build_response
 from radixlm.tokenizer import load_tokenizer
 
 HI = [{"role": "user", "content": "Hi"}]
