@@ -21,6 +21,28 @@ def test_completions_match_engine(server, engine):
     assert r.object == "text_completion"
 
 
+def test_chat_matches_engine(server, engine):
+    from radixlm.server.chat_template import render_chat, resolve_chat_template, split_stops
+
+    msgs = [
+        {"role": "system", "content": "You tell short stories."},
+        {"role": "user", "content": "Tell me about a dog."},
+    ]
+    r = _client(server).chat.completions.create(
+        model="m", messages=msgs, max_tokens=24, temperature=0
+    )
+    template = resolve_chat_template(engine.tokenizer, None)  # the server's default
+    ids = render_chat(template, engine.tokenizer, msgs)
+    stops, stop_ids = split_stops(template, engine.tokenizer)
+    ref = engine.generate(
+        input_ids=ids,
+        sampling_params={"temperature": 0, "max_new_tokens": 24, "stop": stops,
+                         "stop_token_ids": stop_ids},
+    )  # fmt: skip
+    assert r.choices[0].message.content == ref["text"]
+    assert r.usage.prompt_tokens == len(ids)
+
+
 def test_completions_stream_equals_non_stream(server):
     c = _client(server)
     kw = dict(model="m", prompt="Lily went", max_tokens=16, temperature=0)
