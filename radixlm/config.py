@@ -22,6 +22,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULE_POLICIES = ("lpm", "fcfs", "lof", "random", "dfs-weight")
 ATTENTION_BACKENDS = ("auto", "torch_native")
+GRAMMAR_BACKENDS = ("outlines", "none")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -82,6 +83,24 @@ class EngineConfig:
         "share the cores, measured 0.84x in bench/results/serving_*)",
     )
     stream_interval: int = _opt(1, "emit streamed output every N decode steps")
+    grammar_backend: str = _opt(
+        "outlines", "constrained decoding backend (regex / json_schema)", GRAMMAR_BACKENDS
+    )
+    grammar_compile_timeout: float = _opt(
+        30.0, "seconds a grammar may take to compile before the request fails with a 400"
+    )
+    constrained_json_whitespace_pattern: str | None = _opt(
+        None, "regex for the whitespace JSON schemas allow between tokens; default: outlines'"
+    )
+    json_schema_unenforced: str = _opt(
+        "ignore",
+        "JSON schema keywords decoding cannot enforce (minimum, uniqueItems, …): ignore them "
+        "(best-effort, as SGLang; logged) or reject such schemas with a 400",
+        ("ignore", "reject"),
+    )
+    disable_jump_forward: bool = _opt(
+        False, "sample forced grammar continuations token by token instead of appending them"
+    )
     random_seed: int = _opt(0, "seed of the sampler for requests without sampling_seed")
     skip_tokenizer_init: bool = _opt(False, "do not load a tokenizer; requests must pass input_ids")
     num_threads: int | None = _opt(None, "torch CPU threads; default: torch's choice")
@@ -128,6 +147,8 @@ class EngineConfig:
             raise ConfigError(f"stream_interval must be >= 1, got {self.stream_interval}")
         if self.schedule_aging_tokens_per_pass < 0:
             raise ConfigError("schedule_aging_tokens_per_pass must be >= 0 (0 disables aging)")
+        if self.grammar_compile_timeout <= 0:
+            raise ConfigError("grammar_compile_timeout must be > 0")
         if self.schedule_conservativeness <= 0:
             raise ConfigError("schedule_conservativeness must be > 0")
         if self.disable_overlap_schedule and self.enable_overlap_schedule:

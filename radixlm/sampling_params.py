@@ -7,6 +7,7 @@ field and the accepted range, so the server can answer 400 and the engine keeps 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -37,6 +38,9 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     sampling_seed: int | None = None
     stream_interval: int | None = None
+    # Constraints (at most one): a regex, or a JSON schema as JSON text.
+    regex: str | None = None
+    json_schema: str | None = None
 
     # ---- derived views -------------------------------------------------------------------
     @property
@@ -54,7 +58,7 @@ class SamplingParams:
     # ---- parsing -------------------------------------------------------------------------
     @classmethod
     def valid_keys(cls) -> list[str]:
-        return sorted([f.name for f in fields(cls)] + list(_UNSUPPORTED))
+        return sorted([f.name for f in fields(cls)] + list(_UNSUPPORTED) + ["ebnf"])
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, vocab_size: int | None = None) -> SamplingParams:
@@ -63,7 +67,7 @@ class SamplingParams:
         if not isinstance(raw, dict):
             raise RequestError(f"sampling_params must be an object/dict, got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in raw if k not in known and k not in _UNSUPPORTED)
+        unknown = sorted(k for k in raw if k not in known and k not in _UNSUPPORTED and k != "ebnf")
         if unknown:
             raise RequestError(
                 f"unknown sampling parameter(s) {unknown}; valid keys: {', '.join(cls.valid_keys())}"
@@ -113,12 +117,38 @@ class SamplingParams:
         interval = v.get("stream_interval")
         if interval is not None:
             out["stream_interval"] = _int(v, "stream_interval", 1, lo=1)
+        out.update(_constraint({**v, "ebnf": raw.get("ebnf")}))
         return cls(**out)
+
+    @property
+    def is_constrained(self) -> bool:
+        return self.regex is not None or self.json_schema is not None
 
 
 # Keys of the SGLang API that belong to features not built yet: accepted as null, rejected
 # with a clear message otherwise (never silently ignored).
-_UNSUPPORTED = ("regex", "json_schema", "ebnf", "structural_tag", "stop_regex", "custom_params")
+_UNSUPPORTED = ("structural_tag", "stop_regex", "custom_params")
+
+
+def _constraint(v: dict) -> dict[str, Any]:
+    """``regex`` / ``json_schema`` (string, or an object that is serialised); ``ebnf`` is refused."""
+    if v.get("ebnf") not in (None, "", []):
+        raise RequestError(
+            "ebnf grammars are not supported by this server's grammar backend (outlines); "
+            "express the constraint as a regex or a JSON schema"
+        )
+    given = [k for k in ("regex", "json_schema") if v.get(k) not in (None, "")]
+    if len(given) > 1:
+        raise RequestError("pass at most one of regex, json_schema and ebnf")
+    if not given:
+        return {}
+    key = given[0]
+    value = v[key]
+    if key == "json_schema" and isinstance(value, (dict, bool)):
+        value = json.dumps(value)
+    if not isinstance(value, str):
+        raise RequestError(f"{key} must be a string, got {type(value).__name__}")
+    return {key: value}
 
 
 def _int(v: dict, name: str, default: int, lo: int | None = None) -> int:

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from radixlm.constrained.base import GrammarBackend
 from radixlm.sampling_params import SamplingParams
+
+apply_vocab_mask = GrammarBackend.apply_mask
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: decorrelates (seed, step) pairs
 
@@ -61,9 +64,14 @@ class Sampler:
         rows: list[SamplingRow],
         want_logprobs: bool = False,
         top_logprobs_num: int = 0,
+        vocab_mask: torch.Tensor | None = None,  # [B, words] int32 bitmask (constrained rows)
     ) -> SampleOutput:
         raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
         x = self.process_logits(logits, rows)
+        if vocab_mask is not None:
+            if x is logits:
+                x = x.clone()
+            apply_vocab_mask(x, vocab_mask)
         greedy = [r.params.is_greedy for r in rows]
         if all(greedy):
             next_ids = x.argmax(dim=-1)

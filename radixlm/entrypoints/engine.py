@@ -8,6 +8,7 @@ An ``Engine`` is not thread-safe; use one per thread (or the HTTP server for con
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,9 +95,11 @@ class Engine:
                 self._step()
         finally:
             self._abort_and_drain([b.meta.rid for b in builders if not b.finished])
-        results = [b.to_dict() for b in builders]
         for b in builders:
             self._builders.pop(b.meta.rid, None)
+        for b in builders:
+            b.raise_if_failed()
+        results = [b.to_dict() for b in builders]
         return results if is_batch else results[0]
 
     def _stream(self, builders: list[ResultBuilder], is_batch: bool) -> Iterator[dict]:
@@ -105,6 +108,7 @@ class Engine:
         try:
             while True:
                 for b in builders:
+                    b.raise_if_failed()
                     if b.dirty:
                         b.dirty = False
                         chunk = b.to_dict()
@@ -125,6 +129,8 @@ class Engine:
         """One scheduler step; route outputs to their builders (marking them dirty)."""
         if not self.scheduler.has_work():
             raise RuntimeError("internal error: the scheduler has no work but requests are pending")
+        if not self.scheduler.has_runnable_work():
+            time.sleep(0.001)  # only grammars are compiling (on the compiler's threads)
         for out in self.scheduler.step():
             b = self._builders.get(out.rid)
             if b is not None:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from radixlm.entrypoints.request import RequestMeta
+from radixlm.errors import RequestError
 from radixlm.scheduler.io import ReqOutput
 from radixlm.tokenizer.output_text import OutputText
 
@@ -43,16 +44,26 @@ class ResultBuilder:
         )
         self.text = ""  # visible text
         self.queue_time: float | None = None
+        self.error_status: int | None = None  # the request failed for a client error
         self.first_token_time: float | None = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def raise_if_failed(self) -> None:
+        """A request that failed for a client error (e.g. an invalid grammar) raises it."""
+        if self.error_status is not None:
+            err = RequestError((self.finish_reason or {}).get("message") or "request failed")
+            err.http_status = self.error_status
+            raise err
+
     def update(self, out: ReqOutput, text_delta: str | None = None) -> None:
         self.dirty = True
         if out.queue_time is not None:
             self.queue_time = out.queue_time
+        if out.error_status is not None:
+            self.error_status = out.error_status
         if out.new_token_ids and self.first_token_time is None:
             self.first_token_time = time.time()
         self.output_ids.extend(out.new_token_ids)

@@ -61,6 +61,9 @@ class ScheduleBatch:
     # previous batch's tokens on the host (e.g. to fill a grammar mask), so the previous result
     # is processed before this batch is submitted. Overlap then covers only the build.
     needs_sync: bool = False
+    # [len(plan.sample_rows), words] int32 bitmask of allowed tokens (constrained rows), filled
+    # right before the batch runs, when every matcher has seen the previous batch's tokens.
+    vocab_mask: torch.Tensor | None = None
     # ... and by the executor: the sampled ids, on the device, read by the next batch.
     sampled_ids: torch.Tensor | None = None
 
@@ -71,6 +74,10 @@ class ScheduleBatch:
     @property
     def sample_reqs(self) -> list[Req]:
         return [self.reqs[i] for i in self.plan.sample_req_indices]
+
+    @property
+    def has_grammar(self) -> bool:
+        return any(r.grammar is not None for r in self.reqs)
 
     @property
     def want_logprobs(self) -> bool:

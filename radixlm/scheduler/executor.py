@@ -131,7 +131,7 @@ class BatchExecutor:
             want_lp = batch.want_logprobs
             top_k = batch.top_logprobs_num
             logits = self.runner.compute_logits(hidden[plan.sample_rows])
-            out = self.sampler.sample(logits, rows, want_lp, top_k)
+            out = self.sampler.sample(logits, rows, want_lp, top_k, batch.vocab_mask)
             self.sampler.record_sampled(rows, out.next_ids)
             batch.sampled_ids = out.next_ids
             res.next_ids = out.next_ids.tolist()

@@ -65,6 +65,7 @@ class ReqOutput:
     num_retractions: int = 0
     queue_time: float | None = None  # seconds from arrival to first admission (first output)
     detok_init: DetokInit | None = None  # in a request's first output only
+    error_status: int | None = None  # the request failed for a client error (e.g. 400)
 
     @property
     def finished(self) -> bool:

@@ -64,6 +64,7 @@ def build_output(req: Req, default_interval: int) -> ReqOutput | None:
         completion_tokens=len(req.output_ids),
         cached_tokens=req.cached_tokens,
         num_retractions=req.num_retractions,
+        error_status=req.error_status,
     )
     if start == 0 and not req.sent_any:
         req.sent_any = True

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from radixlm.constrained.base import GrammarSpec
 from radixlm.engine.sampler import SamplingRow
 from radixlm.errors import RequestError
 from radixlm.sampling_params import SamplingParams
@@ -94,6 +95,14 @@ class Req:
     # Stop-string detection state (incremental detokenizer), created lazily.
     stop_detok: Any = None
 
+    # Constrained decoding (scheduler/grammar.py): the spec, its compile job while queued, the
+    # shared compiled grammar and this request's matcher.
+    grammar_spec: Any = None
+    grammar_job: Any = None
+    grammar_compiled: Any = None
+    grammar: Any = None
+    error_status: int | None = None  # set when the request fails for a client error (400)
+
     @classmethod
     def from_tokenized(
         cls, tr: TokenizedRequest, max_req_len: int, eos_ids: tuple[int, ...]
@@ -110,6 +119,7 @@ class Req:
                 f"{max_req_len - 1} (context length {max_req_len}); shorten the prompt"
             )
         stop_ids = tuple(sp.stop_token_ids) + (() if sp.ignore_eos else eos_ids)
+        spec = GrammarSpec.from_request(sp.regex, sp.json_schema)
         return cls(
             rid=tr.rid,
             origin_input_ids=list(tr.input_ids),
@@ -121,6 +131,7 @@ class Req:
             logprob_start_len=tr.logprob_start_len if tr.return_logprob else -1,
             top_logprobs_num=tr.top_logprobs_num if tr.return_logprob else 0,
             seed_offset=tr.seed_offset,
+            grammar_spec=spec,
             cache_namespace=(
                 (tr.extra_key, tr.cache_salt)
                 if tr.extra_key is not None or tr.cache_salt is not None

@@ -36,6 +36,7 @@ from radixlm.errors import RequestError
 from radixlm.mem.cache import MatchResult, check_idle_memory, create_prefix_cache
 from radixlm.scheduler.batch import ScheduleBatch, plan_decode_logits, plan_extend_logits
 from radixlm.scheduler.executor import BatchExecutor, BatchResult, ForwardThread
+from radixlm.scheduler.grammar import GrammarManager
 from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
 from radixlm.scheduler.output import build_output, record_input_logprobs, record_output_logprob
 from radixlm.scheduler.policy import (
@@ -85,6 +86,7 @@ class Scheduler:
         self.new_token_ratio = NewTokenRatio(config.schedule_conservativeness)
         self.stats = SchedulerStats()
         self.executor = BatchExecutor(runner, self.sampler, forward_thread)
+        self.grammars = GrammarManager(config, tokenizer, runner.vocab_size, self.eos_ids)
         self.overlap = config.overlap_schedule
         self._in_flight: tuple[ScheduleBatch, Any] | None = None  # (batch, Future[BatchResult])
 
@@ -97,8 +99,13 @@ class Scheduler:
             raise RequestError(f"request id {(taken or rids)[0]!r} is already in use")
         reqs = [Req.from_tokenized(tr, self.limits.max_req_len, self.eos_ids) for tr in trs]
         for req in reqs:
+            self.grammars.check(req)
+        for req in reqs:
             self.reqs[req.rid] = req
-            self.waiting.append(req)
+            if req.grammar_spec is not None:
+                self.grammars.submit(req)  # waits in the grammar queue while it compiles
+            else:
+                self.waiting.append(req)
 
     def abort_request(self, msg: AbortRequest) -> None:
         """Mark a live request; it is finished with type "abort" at the next step."""
@@ -108,6 +115,10 @@ class Scheduler:
             self._aborts.append(req)
 
     def has_work(self) -> bool:
+        return self.has_runnable_work() or bool(self.grammars.queue)
+
+    def has_runnable_work(self) -> bool:
+        """Work a step can advance now (False while only grammars are compiling)."""
         return bool(
             self.waiting
             or self.running
@@ -129,7 +140,12 @@ class Scheduler:
         N+1 runs. Otherwise: build, run and process one batch.
         """
         self._apply_aborts()
+        self._poll_grammars()
+        if self._in_flight is not None and self._in_flight[0].has_grammar:
+            self.drain()  # matchers must see its tokens before the next batch is built
         batch = self._schedule()
+        if batch is not None:
+            self.grammars.fill_mask(batch, self.device)
         if not self.overlap:
             if batch is not None:
                 res = self.executor.run(batch)
@@ -158,6 +174,17 @@ class Scheduler:
         """Finish in-flight work and stop the forward thread."""
         self.drain()
         self.executor.close()
+        self.grammars.close()
+
+    def _poll_grammars(self) -> None:
+        if not self.grammars.queue:
+            return
+        ready, failed = self.grammars.poll()
+        self.waiting.extend(ready)
+        for req, err in failed:
+            req.finished_reason = FinishReason("abort", message=str(err))
+            req.error_status = err.http_status
+            self._release(req)
 
     def _schedule(self) -> ScheduleBatch | None:
         batch = self._get_prefill_batch()
@@ -173,6 +200,7 @@ class Scheduler:
             if req.finished:
                 continue
             reason = FinishReason("abort", message=req.to_abort)
+            self.grammars.remove(req)
             if req in self.waiting:
                 self.waiting.remove(req)
             if req in self.running:
@@ -396,6 +424,7 @@ class Scheduler:
     def _process(self, batch: ScheduleBatch, res: BatchResult) -> None:
         """Apply a batch's sampled tokens: finish, release or stream each request."""
         self.stats.forward_seconds += res.forward_seconds
+        self.stats.forward_steps += 1
         if batch.plan.input_spans:
             record_input_logprobs(batch, res)
         for row, i in enumerate(batch.plan.sample_req_indices):
@@ -404,13 +433,19 @@ class Scheduler:
                 req.pending = None
             if req.finished:
                 continue  # aborted, or finished by the previous batch: drop the extra token
-            req.append_token(res.next_ids[row])
+            token = res.next_ids[row]
+            req.append_token(token)
             self.stats.generated_tokens += 1
             if req.return_logprob:
                 top_v = res.top_logprobs[row] if res.top_logprobs else None
                 top_i = res.top_ids[row] if res.top_ids else None
                 record_output_logprob(req, res.logprobs[row], top_v, top_i)
+            complete = req.grammar is not None and self.grammars.accept(req, token)
             check_finished(req, self.stop_checker)
+            if not req.finished and complete:
+                req.finished_reason = FinishReason("stop", matched=None)
+            if not req.finished and req.grammar is not None and req.pending is None:
+                self._jump_forward(req)
             if req.finished:
                 if req.req_pool_idx is None and req in self.waiting:
                     self.waiting.remove(req)  # retracted while this token was in flight
@@ -422,7 +457,24 @@ class Scheduler:
                 if not req.is_chunked and not req.finished and req.max_new_tokens == 0:
                     req.finished_reason = FinishReason("length", length=0)  # prefill only
                     self._release(req)
-        self.running = [r for r in self.running if not r.finished]
+        self.running = [r for r in self.running if not r.finished and r.req_pool_idx is not None]
+
+    def _jump_forward(self, req: Req) -> None:
+        """Append the grammar's forced continuation; the request re-extends it next (its
+        unchanged prefix is a cache hit) from the head of the waiting queue."""
+        plan = self.grammars.plan_jump_forward(req)
+        if plan is None:
+            return
+        self._free_memory(req)  # caches fill_ids[:kv_len] before the outputs change
+        before = len(req.output_ids)
+        self.grammars.apply_jump_forward(req, *plan)
+        self.stats.jump_forward_tokens += len(req.output_ids) - before
+        if req.grammar.is_terminated():
+            req.finished_reason = FinishReason("stop", matched=None)
+        elif len(req.output_ids) >= req.max_new_tokens:
+            req.finished_reason = FinishReason("length", length=len(req.output_ids))
+        else:
+            self.waiting.insert(0, req)
 
     def _release(self, req: Req) -> None:
         """Free a finished request's memory and report it."""

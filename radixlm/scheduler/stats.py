@@ -22,6 +22,8 @@ class SchedulerStats:
     generated_tokens: int = 0  # output tokens appended to requests
     num_finished_requests: int = 0  # requests that ended (stop, length or abort)
     forward_seconds: float = 0.0  # wall time of forward + sampling on the executor
+    forward_steps: int = 0  # batches run
+    jump_forward_tokens: int = 0  # output tokens appended by grammar jump-forward
     # CPU time the scheduler thread spent inside forwards (non-overlapped loop only), so the
     # thread's own CPU time minus this is the scheduling overhead.
     inline_forward_cpu_seconds: float = 0.0
@@ -34,6 +36,8 @@ class SchedulerStats:
             "generated_tokens": self.generated_tokens,
             "num_finished_requests": self.num_finished_requests,
             "forward_seconds": self.forward_seconds,
+            "forward_steps": self.forward_steps,
+            "jump_forward_tokens": self.jump_forward_tokens,
             "prefix_cache": {
                 "queried_tokens": self.prefix_queried_tokens,
                 "hit_tokens": self.prefix_hit_tokens,

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 IDLE_POLL_MS = 200
+GRAMMAR_POLL_MS = 2
 
 
 def run_scheduler_process(
@@ -115,10 +116,9 @@ class SchedulerLoop:
 
         sched = self.scheduler
         while True:
-            busy = sched.has_work()
-            if not busy and not self.recv.poll(IDLE_POLL_MS):
-                self._heartbeat()
-                continue
+            if not sched.has_runnable_work():
+                # Idle: wait for a message. Grammars compiling: wait briefly, then poll them.
+                self.recv.poll(GRAMMAR_POLL_MS if sched.has_work() else IDLE_POLL_MS)
             while True:
                 try:
                     data = self.recv.recv(zmq.NOBLOCK)

@@ -279,6 +279,9 @@ class TokenizerManager:
                     st = self.states.get(out.rid)
                     if st is not None:
                         st.builder.update(out, delta)
+                        if out.error_status is not None:
+                            st.error = RadixLMError(out.finished_reason.get("message", ""))
+                            st.error.http_status = out.error_status
                         self._observe(st, out)
                         st.wake.set()
             elif isinstance(msg, Heartbeat):

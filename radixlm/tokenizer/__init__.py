@@ -9,14 +9,31 @@ from typing import Any
 from radixlm.errors import ModelLoadError
 
 
-def load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str, allow_fast: bool = True) -> Any:
     """Load a Hugging Face tokenizer from a local directory (never the Hub).
 
-    NOTE: when ``tokenizer_config.json`` names its class, that class is loaded directly —
+    NOTE: when ``tokenizer_config.json`` names a class that :mod:`radixlm.tokenizer.fast`
+    reproduces exactly (``TokenizersBackend``, ``LlamaTokenizer``, ``GPT2Tokenizer`` with settings
+    it handles), a :class:`~radixlm.tokenizer.fast.FastTokenizer` is returned: the same Rust
+    tokenizer and the same API RadixLM uses, without importing transformers (~60 MB of resident
+    memory in every process that loads a tokenizer). ``allow_fast=False`` or any other config
+    loads the transformers class.
+
+    Otherwise, when ``tokenizer_config.json`` names its class, that class is loaded directly —
     the same object ``AutoTokenizer`` builds, without ``AutoTokenizer`` first resolving the
     model config, which imports transformers' modelling stack (~100 MB of resident memory and
     seconds of start-up) that a serving process never uses.
     """
+    if allow_fast:
+        from radixlm.tokenizer.fast import load_fast_tokenizer
+
+        tokenizer = load_fast_tokenizer(path)
+        if tokenizer is not None:
+            return tokenizer
+    return _load_transformers(path)
+
+
+def _load_transformers(path: str) -> Any:
     import transformers
 
     cls_name = None

@@ -96,6 +96,35 @@ def test_stop_and_max_completion_tokens(server):
     assert chat.usage.completion_tokens == 3 and chat.choices[0].finish_reason == "length"
 
 
+def test_structured_output(server):
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    c = _client(server)
+    r = c.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "A person as JSON"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+        max_tokens=80,
+    )
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    r = c.completions.create(
+        model="m", prompt="The code is ", max_tokens=12, extra_body={"regex": "[0-9]{4}"}
+    )
+    assert len(r.choices[0].text) == 4 and r.choices[0].text.isdigit()
+    status, out = server.post(
+        "/generate", {"text": "x", "sampling_params": {"regex": "a((", "max_new_tokens": 4}}
+    )
+    assert status == 400 and "regex" in out["error"]["message"]
+
+
 def test_errors_in_openai_shape(server):
     c = _client(server)
     with pytest.raises(openai.BadRequestError) as e:

@@ -140,9 +140,17 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"logit_bias": {"3": float("inf")}}, "logit_bias"),
     ({"logit_bias": {"3": True}}, "logit_bias"),
     ({"logit_bias": [1, 2]}, "logit_bias"),
-    ({"regex": "a+"}, "regex"),
-    ({"json_schema": "{}"}, "json_schema"),
+    ({"regex": 5}, "regex"),
+    ({"json_schema": 3.5}, "json_schema"),
+    ({"regex": "a+", "json_schema": "{}"}, "at most one of regex"),
+    ({"ebnf": "root ::= 'a'"}, "ebnf"),
 ]
+
+
+def test_constraints_are_kept() -> None:
+    assert SamplingParams.from_dict({"regex": "a+"}).regex == "a+"
+    sp = SamplingParams.from_dict({"json_schema": {"type": "object"}})
+    assert sp.json_schema == '{"type": "object"}' and sp.is_constrained
 
 
 @pytest.mark.parametrize(("raw", "field"), BAD, ids=[repr(r) for r, _ in BAD])

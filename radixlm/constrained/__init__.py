@@ -1,0 +1,1 @@
+"""Constrained decoding: grammars (regex, JSON schema, JSON mode, choices) compiled to token FSMs."""

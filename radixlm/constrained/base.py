@@ -1,0 +1,110 @@
+"""The grammar interface the scheduler uses; backends (outlines-core, …) implement it.
+
+- ``GrammarSpec``: what a request asks for (kind + value); hashable, the compile-cache key.
+- ``CompiledGrammar``: the expensive, immutable, shared artifact of one spec (an FSM over the
+  tokenizer's vocabulary). Compiled once per spec, off the scheduler thread.
+- ``GrammarMatcher``: one request's cursor over a compiled grammar (cheap to create and copy).
+- ``GrammarBackend``: compiles specs and owns the vocabulary view; also allocates and applies
+  the vocab bitmask (int32, 32 tokens per word, bit set = token allowed).
+
+Invariants: a matcher only ever advances by tokens it allowed; EOS is allowed exactly in final
+states; ``is_terminated()`` means "final and nothing but EOS is allowed" (the request ends).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+# Spec kinds. ``dtype`` values: "int", "float", "bool", "str" (the frontend's gen(dtype=...)).
+KINDS = ("regex", "json_schema", "json_object", "choices", "dtype")
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    kind: str  # one of KINDS
+    value: str  # regex | JSON schema text | "" (json_object) | JSON list of strings | dtype name
+
+    @classmethod
+    def from_request(cls, regex: str | None, json_schema: str | None) -> GrammarSpec | None:
+        """The spec of a request's ``regex`` / ``json_schema`` sampling parameters.
+
+        The schema ``{"type": "object"}`` (what OpenAI's JSON mode maps to) means "any JSON
+        object": the ``json_object`` kind, with its bounded nesting depth.
+        """
+        if regex is not None:
+            return cls("regex", regex)
+        if json_schema is None:
+            return None
+        try:
+            if json.loads(json_schema) == {"type": "object"}:
+                return cls("json_object", "")
+        except ValueError:
+            pass  # the backend reports the invalid JSON
+        return cls("json_schema", json_schema)
+
+
+class GrammarMatcher(ABC):
+    """One request's position in a compiled grammar."""
+
+    @abstractmethod
+    def fill_mask(self, mask: torch.Tensor, row: int) -> None:
+        """Write the allowed-token bits of the current state into ``mask[row]`` (int32 words)."""
+
+    @abstractmethod
+    def advance(self, token_id: int) -> bool:
+        """Consume a token; False (and no state change) if the grammar does not allow it."""
+
+    @abstractmethod
+    def is_terminated(self) -> bool:
+        """In a final state with nothing but EOS allowed: the output is complete."""
+
+    @abstractmethod
+    def is_final(self) -> bool:
+        """The output so far is a complete match (EOS is allowed now)."""
+
+    @abstractmethod
+    def rollback(self, num_tokens: int) -> None:
+        """Undo the last ``num_tokens`` advances."""
+
+    @abstractmethod
+    def copy(self) -> GrammarMatcher:
+        """An independent matcher in the same state."""
+
+    @abstractmethod
+    def forced_bytes(self) -> bytes:
+        """The continuation every accepted output must start with from here (b"" if none).
+
+        Used by jump-forward: e.g. after ``{`` of a schema with a required first property, the
+        forced continuation is ``"name": "``.
+        """
+
+
+class CompiledGrammar(ABC):
+    @abstractmethod
+    def matcher(self) -> GrammarMatcher:
+        """A fresh matcher at the initial state."""
+
+
+class GrammarBackend(ABC):
+    vocab_size: int  # rows of the model's logits (may exceed the tokenizer's vocabulary)
+
+    @abstractmethod
+    def compile(self, spec: GrammarSpec) -> CompiledGrammar:
+        """Slow: build the FSM. Raises ``GrammarError`` naming the problem for a bad spec."""
+
+    def allocate_mask(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[batch_size, ceil(vocab_size / 32)]`` int32, all tokens allowed (-1)."""
+        words = (self.vocab_size + 31) // 32
+        return torch.full((batch_size, words), -1, dtype=torch.int32, device=device)
+
+    @staticmethod
+    def apply_mask(logits: torch.Tensor, mask: torch.Tensor) -> None:
+        """Set disallowed logits to -inf in place. ``logits [B, V]``, ``mask [B, words]``."""
+        vocab = logits.shape[1]
+        bits = torch.arange(32, dtype=torch.int32, device=mask.device)
+        allowed = ((mask.unsqueeze(-1) >> bits) & 1).bool().reshape(mask.shape[0], -1)  # [B, 32w]
+        logits.masked_fill_(~allowed[:, :vocab].to(logits.device), float("-inf"))

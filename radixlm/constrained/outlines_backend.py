@@ -1,0 +1,321 @@
+"""Grammar backend on outlines-core: spec → regex → token-level ``Index`` → per-request matcher.
+
+- ``OutlinesBackend`` owns the byte view of the vocabulary (``TokenVocabulary``), the
+  outlines-core ``Vocabulary`` built from it, and one LRU cache of per-state masks shared by
+  all compiled grammars (bounded in bytes).
+- ``OutlinesGrammar`` (a ``CompiledGrammar``) is an immutable ``Index``; ``matcher()`` is cheap.
+- ``OutlinesMatcher`` is an ``int`` state plus the history of earlier states (for rollback).
+
+Invariants: a mask row has bits only for ids below ``min(len(tokenizer), vocab_size)`` (never
+for special or padding ids) plus, exactly in final states, every EOS id. Accepting an EOS id
+moves a matcher to ``DONE`` (terminated; only EOS allowed).
+
+NOTE (outlines-core 0.2.14 bug): ``Index`` drops a transition whose end state sits one byte
+after a complete match but is not itself a complete match, so after ``ab`` the regex ``(ab)+``
+allows no ``a``, and after ``1`` the float regex allows no ``.`` token (upstream commit 2ba0b24,
+"fix: avoid generating incomplete automata", released after 0.2.14). The workaround: compile
+``(?:R)`` followed by a sentinel character that no output contains, add a sentinel token (an id
+past the vocabulary) to the outlines vocabulary, and call a state final when the sentinel token
+may follow it and complete the match. No prefix of real output is then a complete match, so no
+transition is dropped. Tokens containing the byte 0xF4 are left out of the outlines vocabulary so
+that real output can never spell the sentinel: grammars cannot produce the private-use code
+points U+100000..U+10FFFF (which the sentinel's lead byte 0xF4 starts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from outlines_core import Index, Vocabulary
+
+from radixlm.constrained.base import CompiledGrammar, GrammarBackend, GrammarMatcher, GrammarSpec
+from radixlm.constrained.specs import SpecLimits, spec_to_regex
+from radixlm.constrained.vocabulary import TokenVocabulary, build_token_vocabulary
+from radixlm.errors import ConfigError, GrammarError
+
+DONE = -1  # matcher state after an EOS was accepted
+SENTINEL = chr(0x10FFFF)  # ends every compiled regex; real output never contains it (see NOTE)
+_SENTINEL_LEAD = SENTINEL.encode()[0]  # 0xF4: leads only U+100000..U+10FFFF (private use)
+MAX_FORCED_BYTES = 4096  # forced_bytes() stops here (a forced run is a literal of the grammar)
+
+
+@dataclass(slots=True)
+class _StateInfo:
+    mask: torch.Tensor  # [words] int32, the mask row of this state
+    final: bool
+    terminated: bool
+    lcp: bytes | None = None  # longest common prefix of the allowed tokens' bytes (lazy)
+
+
+class _MaskCache:
+    """LRU of ``_StateInfo`` keyed by (grammar key, state), bounded in bytes of mask rows."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[tuple[int, int], _StateInfo] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> _StateInfo | None:
+        with self._lock:
+            info = self._entries.get(key)
+            if info is not None:
+                self._entries.move_to_end(key)
+            return info
+
+    def put(self, key: tuple[int, int], info: _StateInfo) -> None:
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = info
+            self._bytes += info.mask.nbytes
+            while self._bytes > self.max_bytes and len(self._entries) > 1:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= old.mask.nbytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class OutlinesBackend(GrammarBackend):
+    """Compiles ``GrammarSpec`` s over one tokenizer's vocabulary with outlines-core.
+
+    ``vocab_size`` is the number of logit rows (may exceed ``len(tokenizer)``);
+    ``eos_token_ids`` (default: the tokenizer's EOS) are allowed exactly in final states.
+    ``max_transitions`` bounds the estimated FSM size (free-text positions × vocabulary);
+    ``mask_cache_bytes`` bounds the per-state mask rows kept for all grammars together.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        eos_token_ids: Sequence[int],
+        whitespace_pattern: str | None = None,
+        max_depth: int = 3,
+        *,
+        max_transitions: int = 50_000_000,
+        mask_cache_bytes: int = 64 << 20,
+        unenforced: str = "ignore",
+    ) -> None:
+        vocab = build_token_vocabulary(tokenizer, vocab_size, eos_token_ids)
+        limits = SpecLimits(
+            whitespace_pattern=whitespace_pattern, max_depth=max_depth, unenforced=unenforced
+        )
+        self._setup(vocab, vocab_size, limits, max_transitions, mask_cache_bytes)
+
+    @classmethod
+    def from_vocabulary(
+        cls,
+        vocabulary: TokenVocabulary,
+        vocab_size: int | None = None,
+        whitespace_pattern: str | None = None,
+        max_depth: int = 3,
+        *,
+        max_transitions: int = 50_000_000,
+        mask_cache_bytes: int = 64 << 20,
+    ) -> OutlinesBackend:
+        """A backend over a prepared vocabulary (tests, custom tokenizers)."""
+        self = cls.__new__(cls)
+        size = vocabulary.size if vocab_size is None else vocab_size
+        limits = SpecLimits(whitespace_pattern=whitespace_pattern, max_depth=max_depth)
+        self._setup(vocabulary, size, limits, max_transitions, mask_cache_bytes)
+        return self
+
+    def _setup(
+        self,
+        vocab: TokenVocabulary,
+        vocab_size: int,
+        limits: SpecLimits,
+        max_transitions: int,
+        mask_cache_bytes: int,
+    ) -> None:
+        if not 1 <= limits.max_depth <= 8:
+            raise ConfigError(
+                f"the json_object max_depth must be in [1, 8], got {limits.max_depth}"
+            )
+        self.vocab = vocab
+        self.vocab_size = vocab_size
+        self.words = (vocab_size + 31) // 32
+        self.limit = min(vocab.size, vocab_size)  # real ids are below this
+        self.eos_token_ids = tuple(i for i in vocab.eos_token_ids if 0 <= i < vocab_size)
+        self.eos_set = frozenset(self.eos_token_ids)
+        self.sentinel_id = max(vocab.size, vocab_size)
+        groups: dict[bytes, list[int]] = {}
+        for piece, ids in vocab.ids_by_bytes.items():
+            real = [i for i in ids if i < self.limit]
+            if real and _SENTINEL_LEAD not in piece:  # real tokens can never spell the sentinel
+                groups[piece] = real
+        num_real = sum(len(ids) for ids in groups.values())
+        groups.setdefault(SENTINEL.encode(), []).append(self.sentinel_id)
+        # NOTE: outlines' own EOS is a further id past the vocabulary: it is only allowed in the
+        # states after the sentinel, which no matcher ever enters; real EOS ids are ours.
+        self._outlines_vocab = Vocabulary(self.sentinel_id + 1, groups)
+        # Each free-text position of a grammar costs about one FSM transition per token.
+        max_wide = max(1, max_transitions // max(1, num_real))
+        self.limits = dataclasses.replace(limits, max_wide_positions=max_wide)
+        self.mask_cache = _MaskCache(mask_cache_bytes)
+        self._keys = itertools.count()
+        done = self._row(np.zeros(0, dtype=np.int64), final=True)
+        self.done_info = _StateInfo(done, final=True, terminated=True, lcp=b"")
+
+    def compile(self, spec: GrammarSpec) -> OutlinesGrammar:
+        regex = spec_to_regex(spec, self.limits)
+        try:
+            index = Index(f"(?:{regex}){SENTINEL}", self._outlines_vocab)
+        except ValueError as e:
+            if "incompatible" in str(e):
+                raise GrammarError(
+                    f"the {spec.kind} constraint needs characters this model's tokenizer cannot "
+                    f"produce; change the constraint (regex: {regex[:200]!r})"
+                ) from e
+            raise GrammarError(
+                f"the {spec.kind} constraint is not supported by the outlines grammar engine "
+                f"({e}); lookarounds, backreferences and Unicode word boundaries are not "
+                f"supported (regex: {regex[:200]!r})"
+            ) from e
+        return OutlinesGrammar(self, spec, regex, index, next(self._keys))
+
+    def _row(self, allowed: np.ndarray, final: bool) -> torch.Tensor:
+        """Mask row for real ``allowed`` ids (plus every EOS id when ``final``)."""
+        bits = np.zeros(self.words * 32, dtype=np.bool_)
+        bits[allowed] = True
+        if final:
+            bits[list(self.eos_token_ids)] = True
+        # bit j of word w = token 32*w + j: pack little-endian bits, read little-endian words.
+        words = np.packbits(bits, bitorder="little").view("<i4").astype(np.int32)
+        return torch.from_numpy(words)
+
+
+class OutlinesGrammar(CompiledGrammar):
+    """An immutable token-level FSM for one spec; shared by every request with that spec."""
+
+    def __init__(
+        self, backend: OutlinesBackend, spec: GrammarSpec, regex: str, index: Index, key: int
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.regex = regex
+        self.index = index
+        self.key = key
+        self.initial_state: int = index.get_initial_state()
+
+    def matcher(self) -> OutlinesMatcher:
+        return OutlinesMatcher(self, self.initial_state, array("q"))
+
+    # --- per-state facts, shared by all matchers of this grammar ---------------------------
+
+    def is_final(self, state: int) -> bool:
+        if state == DONE:
+            return True
+        # Final iff the sentinel may follow *and end the match* (R itself may allow U+10FFFF).
+        after = self.index.get_next_state(state, self.backend.sentinel_id)
+        return after is not None and self.index.is_final_state(after)
+
+    def allowed_ids(self, state: int) -> np.ndarray:
+        """Real token ids allowed in ``state`` (no EOS, no sentinel), as int64."""
+        ids = np.asarray(self.index.get_allowed_tokens(state) or [], dtype=np.int64)
+        return ids[ids < self.backend.limit]
+
+    def info(self, state: int) -> _StateInfo:
+        b = self.backend
+        if state == DONE:
+            return b.done_info
+        info = b.mask_cache.get((self.key, state))
+        if info is None:
+            allowed = self.allowed_ids(state)
+            final = self.is_final(state)
+            # NOTE: a dead state (nothing allowed, not final) cannot come from a sound Index;
+            # if one appears, allow EOS so sampling stays defined, and report it terminated.
+            empty = allowed.size == 0
+            info = _StateInfo(b._row(allowed, final or empty), final, empty)
+            b.mask_cache.put((self.key, state), info)
+        return info
+
+    def next_state(self, state: int, token_id: int) -> int | None:
+        b = self.backend
+        if state == DONE:
+            return DONE if token_id in b.eos_set else None
+        if token_id in b.eos_set:
+            info = self.info(state)
+            return DONE if info.final or info.terminated else None
+        if not 0 <= token_id < b.limit:
+            return None
+        return self.index.get_next_state(state, token_id)
+
+    def common_prefix(self, state: int) -> bytes:
+        """Longest common prefix of the bytes of all real tokens allowed in ``state``."""
+        info = self.info(state)
+        if info.lcp is None:
+            token_bytes = self.backend.vocab.token_bytes
+            pieces = [token_bytes[i] for i in self.allowed_ids(state).tolist()]
+            lcp = b""
+            if pieces and all(p[:1] == pieces[0][:1] for p in pieces):  # usually fails fast
+                lcp = os.path.commonprefix([min(pieces), max(pieces)])
+            info.lcp = lcp
+        return info.lcp
+
+
+class OutlinesMatcher(GrammarMatcher):
+    """One request's cursor: the current state and the states before each accepted token."""
+
+    __slots__ = ("grammar", "state", "history")
+
+    def __init__(self, grammar: OutlinesGrammar, state: int, history: array) -> None:
+        self.grammar = grammar
+        self.state = state
+        self.history = history
+
+    def fill_mask(self, mask: torch.Tensor, row: int) -> None:
+        mask[row].copy_(self.grammar.info(self.state).mask)
+
+    def advance(self, token_id: int) -> bool:
+        nxt = self.grammar.next_state(self.state, int(token_id))
+        if nxt is None:
+            return False
+        self.history.append(self.state)
+        self.state = nxt
+        return True
+
+    def is_terminated(self) -> bool:
+        return self.grammar.info(self.state).terminated
+
+    def is_final(self) -> bool:
+        return self.grammar.is_final(self.state)
+
+    def rollback(self, num_tokens: int) -> None:
+        if not 0 <= num_tokens <= len(self.history):
+            raise ValueError(f"cannot roll back {num_tokens} of {len(self.history)} tokens")
+        if num_tokens:
+            self.state = self.history[-num_tokens]
+            del self.history[-num_tokens:]
+
+    def copy(self) -> OutlinesMatcher:
+        return OutlinesMatcher(self.grammar, self.state, array("q", self.history))
+
+    def forced_bytes(self) -> bytes:
+        g = self.grammar
+        ids_by_bytes = g.backend.vocab.ids_by_bytes
+        out = bytearray()
+        state: int | None = self.state
+        while state is not None and len(out) < MAX_FORCED_BYTES:
+            if g.is_final(state):
+                break
+            prefix = g.common_prefix(state)
+            if not prefix:
+                break
+            out += prefix
+            # Continue from the state after a token spelling exactly the forced prefix.
+            candidates = (g.index.get_next_state(state, i) for i in ids_by_bytes.get(prefix, ()))
+            state = next((s for s in candidates if s is not None), None)
+        return bytes(out)

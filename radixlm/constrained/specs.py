@@ -1,0 +1,313 @@
+"""Grammar specs → one regular expression that the whole output must match (fullmatch).
+
+Kinds (``base.KINDS``): ``regex`` (checked, ``^``/``$`` at the ends dropped), ``json_schema``
+(outlines-core's converter), ``json_object`` (any JSON object, nesting bounded by
+``max_depth``), ``choices`` (a JSON list of strings, matched literally) and ``dtype`` (the
+SGLang frontend's ``gen(dtype=...)`` patterns).
+
+Invariants: every function here either returns a regex that Python's ``re`` accepts and whose
+estimated expansion is within the limits, or raises ``GrammarError`` naming the problem and how
+to fix it. Nothing here touches a vocabulary; see ``regex_cost`` for the size estimate the
+backend checks against its vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+
+from outlines_core.json_schema import (
+    BOOLEAN,
+    NULL,
+    NUMBER,
+    STRING,
+    WHITESPACE,
+    build_regex_from_schema,
+)
+
+from radixlm.constrained.base import KINDS, GrammarSpec
+from radixlm.constrained.schema_support import unenforced_keywords, with_json_safe_patterns
+from radixlm.errors import GrammarError
+
+logger = logging.getLogger(__name__)
+
+# NOTE: ``re._parser`` is CPython's private regex parser; it is the only way to walk a pattern's
+# structure (repeat counts, anchors, lookarounds) without writing a parser of our own.
+try:
+    import re._constants as _sre_constants  # type: ignore[import-not-found]
+    import re._parser as _sre_parse  # type: ignore[import-not-found]
+except ImportError:  # Python < 3.11
+    import sre_constants as _sre_constants  # type: ignore[no-redef]
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
+
+DTYPE_REGEXES = {
+    "int": r"[-+]?[0-9]+[ \n]*",
+    "float": r"[-+]?[0-9]*\.?[0-9]+[ \n]*",
+    "bool": r"(True|False)",
+    "str": r'"[\w\d\s]*"',
+}
+
+# Characters the Rust regex engine (outlines-core) treats as meta; escaping exactly these keeps
+# a literal valid in both Rust and Python syntax (Rust rejects some escapes Python emits).
+_RUST_META = frozenset("\\.+*?()|[]{}^$#&-~")
+# Syntax the Rust engine accepts but Python's parser does not, with a Python stand-in of about
+# the same cost (used only to estimate the size; the engine compiles the original).
+_RUST_ONLY_SYNTAX = [
+    (re.compile(r"\\[pP](\{[^}]*\}|[A-Za-z])"), "."),  # Unicode classes: \p{Greek}, \pL
+    (re.compile(r"\\z"), r"\\Z"),  # end of text
+    (re.compile(r"\(\?<(?=[A-Za-z_])"), "(?P<"),  # named groups
+]
+# A class that allows more than this many characters counts as "wide" (see ``regex_cost``).
+_WIDE_CLASS = 16
+
+
+@dataclass(frozen=True)
+class SpecLimits:
+    """Options and size limits of the spec → regex conversion (each limit → ``GrammarError``)."""
+
+    whitespace_pattern: str | None = None  # JSON whitespace; None = outlines' default "[ ]?"
+    max_depth: int = 3  # json_object: nesting levels of objects/arrays
+    max_spec_chars: int = 100_000
+    max_regex_chars: int = 200_000
+    max_regex_expansion: int = 100_000  # atoms after unrolling counted repeats ({m,n})
+    # Free-text positions (wide classes after unrolling); the backend derives it from its
+    # vocabulary size, since each such position costs about one FSM transition per token.
+    max_wide_positions: int | None = None
+    # JSON schema keywords the regex cannot enforce (schema_support.py): "reject" or "ignore".
+    unenforced: str = "ignore"
+
+
+@dataclass(frozen=True)
+class RegexCost:
+    """Size of a regex with counted repeats unrolled: ``atoms`` in all, ``wide`` of them classes
+    that match many characters (each such position allows most of a vocabulary)."""
+
+    atoms: int
+    wide: int
+
+
+def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
+    """The regex the whole output must match for ``spec``; ``GrammarError`` if it is invalid."""
+    limits = limits or SpecLimits()
+    if spec.kind not in KINDS:
+        raise GrammarError(f"unknown grammar kind {spec.kind!r}; expected one of {list(KINDS)}")
+    if len(spec.value) > limits.max_spec_chars:
+        raise GrammarError(
+            f"the {spec.kind} constraint has {len(spec.value)} characters, more than the limit "
+            f"of {limits.max_spec_chars}; send a smaller one"
+        )
+    if spec.kind == "regex":
+        regex = strip_anchors(spec.value)
+    elif spec.kind == "json_schema":
+        regex = json_schema_regex(spec.value, limits.whitespace_pattern, limits.unenforced)
+    elif spec.kind == "json_object":
+        regex = json_object_regex(limits.max_depth, limits.whitespace_pattern)
+    elif spec.kind == "choices":
+        regex = choices_regex(spec.value)
+    else:
+        regex = DTYPE_REGEXES.get(spec.value)
+        if regex is None:
+            raise GrammarError(
+                f"unknown dtype {spec.value!r}; expected one of {list(DTYPE_REGEXES)}"
+            )
+    if len(regex) > limits.max_regex_chars:
+        raise GrammarError(
+            f"the {spec.kind} constraint becomes a regex of {len(regex)} characters, more than the "
+            f"limit of {limits.max_regex_chars}; simplify it (fewer properties, enums or bounds)"
+        )
+    cost = regex_cost(regex, what=f"the {spec.kind} constraint")
+    if cost.atoms > limits.max_regex_expansion:
+        raise GrammarError(
+            f"the {spec.kind} constraint unrolls to about {cost.atoms} regex atoms, more than the "
+            f"limit of {limits.max_regex_expansion}; lower its repeat counts ({{m,n}}, maxLength, "
+            "maxItems)"
+        )
+    if limits.max_wide_positions is not None and cost.wide > limits.max_wide_positions:
+        raise GrammarError(
+            f"the {spec.kind} constraint allows free text at about {cost.wide} positions after "
+            f"unrolling its bounds, more than the limit of {limits.max_wide_positions} for this "
+            "model's vocabulary (the FSM would be too large); lower maxLength/maxItems or the "
+            "regex repeat counts"
+        )
+    return regex
+
+
+def strip_anchors(regex: str) -> str:
+    """Drop a leading ``^``/``\\A`` and a trailing unescaped ``$``/``\\z``: the output is always
+    matched as a whole, so they are redundant (and the backend appends to the regex)."""
+    for head in ("^", "\\A"):
+        if regex.startswith(head):
+            regex = regex[len(head) :]
+    for tail in ("$", "\\z"):
+        body = regex[: -len(tail)]
+        backslashes = len(body) - len(body.rstrip("\\"))
+        if regex.endswith(tail) and backslashes % 2 == 0:
+            regex = body
+    return regex
+
+
+def json_schema_regex(
+    schema: str, whitespace_pattern: str | None = None, unenforced: str = "ignore"
+) -> str:
+    try:
+        parsed = json.loads(schema)
+    except json.JSONDecodeError as e:
+        raise GrammarError(f"json_schema is not valid JSON: {e}") from e
+    if not isinstance(parsed, dict):
+        raise GrammarError(
+            f"json_schema must be a JSON object (a schema), not {type(parsed).__name__}; "
+            'for example {"type": "object", "properties": {...}}'
+        )
+    _check_schema(parsed)
+    dropped = unenforced_keywords(parsed)
+    if dropped:
+        more = f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else ""
+        listed = f"{'; '.join(dropped[:5])}{more}"
+        if unenforced == "reject":
+            raise GrammarError(
+                f"json_schema uses keywords this server cannot enforce while decoding: {listed}. "
+                "Remove them, or ask the operator for --json-schema-unenforced ignore"
+            )
+        logger.warning("json_schema keywords not enforced while decoding: %s", listed)
+    try:
+        return build_regex_from_schema(
+            json.dumps(with_json_safe_patterns(parsed)), whitespace_pattern
+        )
+    except ValueError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else "unknown error"
+        raise GrammarError(
+            f"unsupported json_schema: {first_line}; supported: type, properties, required, "
+            "items, enum, const, anyOf/oneOf/allOf, $ref to local $defs, string "
+            "minLength/maxLength/pattern/format, array minItems/maxItems"
+        ) from e
+
+
+def _check_schema(schema: dict) -> None:
+    """Validate ``schema`` against its JSON Schema meta-schema (a clear message for typos)."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise GrammarError(f"json_schema is not a valid JSON Schema at {where}: {e.message}") from e
+
+
+def json_object_regex(max_depth: int = 3, whitespace_pattern: str | None = None) -> str:
+    """Any JSON object whose objects/arrays nest at most ``max_depth`` levels (the top object is
+    level 1). The recursion is unrolled: level ``k`` values may be containers of level ``k+1``."""
+    if not 1 <= max_depth <= 8:
+        raise GrammarError(f"json_object max_depth must be in [1, 8], got {max_depth}")
+    ws = whitespace_pattern if whitespace_pattern is not None else WHITESPACE
+    scalar = f"(?:{STRING}|{NUMBER}|{BOOLEAN}|{NULL})"
+
+    def container(level: int, obj: bool) -> str:
+        # One level deeper may still hold containers, until max_depth is reached.
+        inner = scalar
+        if level < max_depth:
+            inner = f"(?:{scalar}|{container(level + 1, True)}|{container(level + 1, False)})"
+        if obj:
+            item = f"{STRING}{ws}:{ws}{inner}"
+            return rf"\{{{ws}(?:{item}(?:{ws},{ws}{item})*)?{ws}\}}"
+        return rf"\[{ws}(?:{inner}(?:{ws},{ws}{inner})*)?{ws}\]"
+
+    return container(1, True)
+
+
+def choices_regex(value: str) -> str:
+    """An alternation of the literal strings of a JSON list."""
+    try:
+        choices = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise GrammarError(f"choices must be a JSON list of strings: {e}") from e
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+        raise GrammarError('choices must be a non-empty JSON list of strings, e.g. ["yes", "no"]')
+    return "(?:" + "|".join(escape_literal(c) for c in choices) + ")"
+
+
+def escape_literal(text: str) -> str:
+    """``text`` as a regex that matches exactly it, in both Rust and Python syntax."""
+    return "".join("\\" + c if c in _RUST_META else c for c in text)
+
+
+def regex_cost(regex: str, what: str = "the regex") -> RegexCost:
+    """Parse ``regex`` (``GrammarError`` if invalid or unsupported) and estimate its size.
+
+    NOTE: syntax that only the Rust engine knows (``\\p{L}``, ``[[:alpha:]]``) cannot be parsed
+    here; such a regex is left to the engine and costed by its length.
+    """
+    try:
+        return _cost(_parse(regex), what, regex)
+    except re.error as e:
+        error = e
+    except RecursionError as e:
+        raise GrammarError(f"{what} nests too deeply; simplify it") from e
+    stand_in = regex
+    for pattern, replacement in _RUST_ONLY_SYNTAX:
+        stand_in = pattern.sub(replacement, stand_in)
+    if stand_in != regex:
+        try:
+            return _cost(_parse(stand_in), what, regex)
+        except (re.error, RecursionError):
+            return RegexCost(atoms=len(regex), wide=len(regex))  # unknown: assume the worst
+    raise GrammarError(f"{what} is not a valid regex: {error} (regex: {_clip(regex)})") from error
+
+
+def _parse(regex: str) -> list:
+    with warnings.catch_warnings():  # e.g. "possible nested set" for Rust's [[:alpha:]]
+        warnings.simplefilter("ignore")
+        return list(_sre_parse.parse(regex))
+
+
+def _cost(items: list, what: str, regex: str) -> RegexCost:
+    c = _sre_constants
+    atoms = wide = 0
+    for op, av in items:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT) or op == getattr(c, "POSSESSIVE_REPEAT", None):
+            lo, hi, sub = av
+            inner = _cost(list(sub), what, regex)
+            times = max(1, lo + 1 if hi == c.MAXREPEAT else hi)
+            atoms, wide = atoms + inner.atoms * times, wide + inner.wide * times
+        elif op == c.SUBPATTERN or op == getattr(c, "ATOMIC_GROUP", None):
+            inner = _cost(list(av[-1] if op == c.SUBPATTERN else av), what, regex)
+            atoms, wide = atoms + inner.atoms, wide + inner.wide
+        elif op == c.BRANCH:
+            for sub in av[1]:
+                inner = _cost(list(sub), what, regex)
+                atoms, wide = atoms + inner.atoms, wide + inner.wide
+        elif op in (c.ASSERT, c.ASSERT_NOT, c.GROUPREF, c.GROUPREF_EXISTS):
+            raise GrammarError(
+                f"{what} uses lookaround or backreferences, which a finite-state grammar cannot "
+                f"express; rewrite it without them (regex: {_clip(regex)})"
+            )
+        elif op == c.AT:
+            raise GrammarError(
+                f"{what} uses an anchor or boundary ({str(av).lower()}) inside the pattern; "
+                "the whole output is always matched, so remove it "
+                f"(regex: {_clip(regex)})"
+            )
+        else:
+            atoms += 1
+            wide += _is_wide(op, av)
+    return RegexCost(atoms, wide)
+
+
+def _is_wide(op: object, av: object) -> bool:
+    c = _sre_constants
+    if op in (c.ANY, c.NOT_LITERAL, c.CATEGORY):
+        return True
+    if op != c.IN:
+        return False
+    width = 0
+    for kind, arg in av:  # type: ignore[attr-defined]
+        if kind in (c.NEGATE, c.CATEGORY):
+            return True
+        width += arg[1] - arg[0] + 1 if isinstance(arg, tuple) else 1  # a range or one char
+    return width > _WIDE_CLASS
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"

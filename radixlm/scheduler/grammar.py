@@ -1,0 +1,148 @@
+"""Constrained requests in the scheduler: compile off-thread, mask, advance, finish, jump.
+
+- ``submit``: a request with ``regex`` / ``json_schema`` waits in the grammar queue while its
+  grammar compiles on the compiler's thread pool (identical specs compile once); ``poll``
+  releases it to the waiting queue, or fails it with the compile error (a 400).
+- ``fill_mask``: right before a batch runs, one bitmask row per sampled request (all ones for
+  unconstrained rows); the executor applies it to the logits.
+- ``accept``: advance the request's matcher by its new token; a matcher that is complete with
+  nothing but EOS allowed ends the request (``stop``).
+- ``jump_forward``: after a token, the grammar's forced continuation is appended at once
+  (``constrained/jump_forward.py``); the scheduler then re-extends the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from radixlm.config import EngineConfig
+from radixlm.constrained.jump_forward import retokenize_with_forced
+from radixlm.errors import GrammarError, RequestError
+from radixlm.scheduler.batch import ScheduleBatch
+from radixlm.scheduler.req import Req
+
+logger = logging.getLogger(__name__)
+
+
+class GrammarManager:
+    def __init__(
+        self, config: EngineConfig, tokenizer: Any | None, vocab_size: int, eos_ids: tuple
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.eos_ids = list(eos_ids)
+        self.queue: list[Req] = []  # waiting for their grammar to compile
+        self._backend = None
+        self._compiler = None
+
+    # ---- compile -------------------------------------------------------------------------
+    def _ensure_compiler(self) -> Any:
+        if self._compiler is None:
+            if self.config.grammar_backend == "none":
+                raise RequestError(
+                    "this server runs with --grammar-backend none; regex / json_schema "
+                    "constraints are disabled"
+                )
+            if self.tokenizer is None:
+                raise RequestError("constrained decoding needs a tokenizer (skip_tokenizer_init)")
+            from radixlm.constrained.compiler import GrammarCompiler
+            from radixlm.constrained.outlines_backend import OutlinesBackend
+
+            self._backend = OutlinesBackend(
+                self.tokenizer,
+                self.vocab_size,
+                self.eos_ids,
+                whitespace_pattern=self.config.constrained_json_whitespace_pattern,
+                unenforced=self.config.json_schema_unenforced,
+            )
+            self._compiler = GrammarCompiler(
+                self._backend, timeout_s=self.config.grammar_compile_timeout
+            )
+        return self._compiler
+
+    def check(self, req: Req) -> None:
+        """Raise RequestError now if constrained requests cannot be served at all."""
+        if req.grammar_spec is not None:
+            self._ensure_compiler()
+
+    def submit(self, req: Req) -> None:
+        req.grammar_job = self._ensure_compiler().submit(req.grammar_spec)
+        self.queue.append(req)
+
+    def poll(self) -> tuple[list[Req], list[tuple[Req, GrammarError]]]:
+        """Requests whose grammar is ready (matcher attached) and those whose compile failed."""
+        ready, failed, still = [], [], []
+        for req in self.queue:
+            job = req.grammar_job
+            if not job.ready():
+                still.append(req)
+                continue
+            try:
+                req.grammar_compiled = job.result()
+                req.grammar = req.grammar_compiled.matcher()
+                ready.append(req)
+            except GrammarError as e:
+                failed.append((req, e))
+            req.grammar_job = None
+        self.queue = still
+        return ready, failed
+
+    def remove(self, req: Req) -> None:
+        if req in self.queue:
+            self.queue.remove(req)
+
+    # ---- per step ------------------------------------------------------------------------
+    def fill_mask(self, batch: ScheduleBatch, device: torch.device) -> None:
+        """Set ``batch.vocab_mask`` if any sampled request of the batch is constrained."""
+        reqs = batch.sample_reqs
+        if not any(r.grammar is not None for r in reqs):
+            batch.vocab_mask = None
+            return
+        mask = self._backend.allocate_mask(len(reqs))
+        for row, req in enumerate(reqs):
+            if req.grammar is not None and not req.finished:
+                req.grammar.fill_mask(mask, row)
+        batch.vocab_mask = mask.to(device, non_blocking=True)
+
+    def accept(self, req: Req, token: int) -> bool:
+        """Advance by the request's new token; True if the grammar says the output is done."""
+        if not req.grammar.advance(token):
+            # Only EOS can get here (stop ids are not masked); anything else is a bug.
+            if token not in req.stop_ids:
+                raise RuntimeError(f"grammar rejected sampled token {token} of {req.rid}")
+            return False
+        return req.grammar.is_terminated()
+
+    def plan_jump_forward(self, req: Req) -> tuple[list[int], Any] | None:
+        """The request's output ids with the grammar's forced continuation appended, and a
+        matcher advanced over them; None when there is none or it cannot apply cleanly.
+        Mutates nothing: the caller frees the request's KV first, then applies it."""
+        if self.config.disable_jump_forward or req.return_logprob:
+            return None
+        forced = req.grammar.forced_bytes()
+        if len(forced) < 2:  # one byte is as cheap to sample as to jump
+            return None
+        new_output = retokenize_with_forced(
+            self.tokenizer, req.origin_input_ids, req.output_ids, forced, req.sent_output_len
+        )
+        if new_output is None or not len(req.output_ids) < len(new_output) <= req.max_new_tokens:
+            return None
+        matcher = req.grammar_compiled.matcher()
+        for tok in new_output:
+            if not matcher.advance(tok):
+                return None  # the re-tokenization is not accepted token by token: skip
+        return new_output, matcher
+
+    def apply_jump_forward(self, req: Req, new_output: list[int], matcher: Any) -> None:
+        req.output_ids = new_output
+        req.grammar = matcher
+        req.stop_detok = None  # rebuilt from output_ids on the next check
+        req.output_counts = req.seen = None  # penalty state is recomputed from fill_ids
+
+    def close(self) -> None:
+        if self._compiler is not None:
+            self._compiler.close()
