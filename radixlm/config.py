@@ -89,6 +89,9 @@ class EngineConfig:
     grammar_compile_timeout: float = _opt(
         30.0, "seconds a grammar may take to compile before the request fails with a 400"
     )
+    grammar_max_spec_chars: int = _opt(
+        100_000, "longest regex / JSON schema accepted (characters); longer ones are a 400"
+    )
     constrained_json_whitespace_pattern: str | None = _opt(
         None, "regex for the whitespace JSON schemas allow between tokens; default: outlines'"
     )
@@ -149,6 +152,8 @@ class EngineConfig:
             raise ConfigError("schedule_aging_tokens_per_pass must be >= 0 (0 disables aging)")
         if self.grammar_compile_timeout <= 0:
             raise ConfigError("grammar_compile_timeout must be > 0")
+        if self.grammar_max_spec_chars < 1:
+            raise ConfigError("grammar_max_spec_chars must be >= 1")
         if self.schedule_conservativeness <= 0:
             raise ConfigError("schedule_conservativeness must be > 0")
         if self.disable_overlap_schedule and self.enable_overlap_schedule:

@@ -107,10 +107,14 @@ class OutlinesBackend(GrammarBackend):
         max_transitions: int = 50_000_000,
         mask_cache_bytes: int = 64 << 20,
         unenforced: str = "ignore",
+        max_spec_chars: int = 100_000,
     ) -> None:
         vocab = build_token_vocabulary(tokenizer, vocab_size, eos_token_ids)
         limits = SpecLimits(
-            whitespace_pattern=whitespace_pattern, max_depth=max_depth, unenforced=unenforced
+            whitespace_pattern=whitespace_pattern,
+            max_depth=max_depth,
+            unenforced=unenforced,
+            max_spec_chars=max_spec_chars,
         )
         self._setup(vocab, vocab_size, limits, max_transitions, mask_cache_bytes)
 

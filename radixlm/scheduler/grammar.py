@@ -58,6 +58,7 @@ class GrammarManager:
                 self.eos_ids,
                 whitespace_pattern=self.config.constrained_json_whitespace_pattern,
                 unenforced=self.config.json_schema_unenforced,
+                max_spec_chars=self.config.grammar_max_spec_chars,
             )
             self._compiler = GrammarCompiler(
                 self._backend, timeout_s=self.config.grammar_compile_timeout

@@ -125,6 +125,24 @@ def test_bad_specs_are_request_errors(make_engine, sp, needle):
     assert engine.generate(PROMPTS[0], {"max_new_tokens": 3})["meta_info"]["completion_tokens"] == 3
 
 
+def test_compile_timeout_and_size_limit_are_request_errors(make_engine):
+    engine = make_engine(grammar_compile_timeout=0.001, grammar_max_spec_chars=50)
+    with pytest.raises(RequestError, match="longer than"):
+        engine.generate(PROMPTS[0], {"json_schema": {"type": "object"}, "max_new_tokens": 4})
+    with pytest.raises(RequestError, match="limit of 50"):
+        engine.generate(PROMPTS[0], {"regex": "a" * 60, "max_new_tokens": 4})
+
+
+def test_unenforced_schema_keywords_policy(make_engine):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 3}},
+              "required": ["n"]}  # fmt: skip
+    sp = {"json_schema": json.dumps(schema), "max_new_tokens": 20, "temperature": 0}
+    assert make_engine().generate(PROMPTS[0], sp)["meta_info"]["finish_reason"]
+    strict = make_engine(json_schema_unenforced="reject")
+    with pytest.raises(RequestError, match="minimum"):
+        strict.generate(PROMPTS[0], sp)
+
+
 def test_slow_compile_does_not_delay_other_requests(make_engine, monkeypatch):
     from radixlm.sampling_params import SamplingParams
     from radixlm.scheduler.io import TokenizedRequest
