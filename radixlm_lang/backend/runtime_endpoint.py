@@ -1,0 +1,244 @@
+"""``RuntimeEndpoint``: a RadixLM (or SGLang) server over HTTP; ``Runtime``: one started for you.
+
+Standard library only. Like SGLang's client: JSON over urllib, GET when there is no body and
+POST with one, ``Authorization: Bearer <key>`` when an API key is set, and any status but 200
+raises ``RuntimeError(<response body>)``. Streams are SSE read line by line (``data: {json}``
+events with cumulative ``text``, ending at ``data: [DONE]``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from radixlm_lang.backend.native import NativeBackend
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 600.0  # seconds per HTTP call (a long generation is one call)
+
+
+def http_request(
+    url: str,
+    body: Any = None,
+    api_key: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    stream: bool = False,
+) -> Any:
+    """GET (no body) or POST (JSON body); returns the open response. Non-200 → RuntimeError."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    req.add_header("Content-Type", "application/json")
+    if stream:
+        req.add_header("Accept", "text/event-stream")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(e.read().decode(errors="replace")) from None
+    if resp.status != 200:
+        text = resp.read().decode(errors="replace")
+        resp.close()
+        raise RuntimeError(text)
+    return resp
+
+
+def _read_json(resp: Any) -> Any:
+    with resp:
+        text = resp.read().decode()
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return text  # e.g. /flush_cache answers plain text
+
+
+class RuntimeEndpoint(NativeBackend):
+    """A running server at ``base_url`` (e.g. ``http://127.0.0.1:30000``).
+
+    The chat template comes from ``chat_template_name`` or else from the server's
+    ``/get_model_info`` ``model_path``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        chat_template_name: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.model_info = self.get("/get_model_info")
+        self.model_path = self.model_info["model_path"]
+        self.chat_template_name = chat_template_name
+        self._chat_template: Any = None
+
+    # ---- HTTP ----------------------------------------------------------------------------
+    def get(self, path: str) -> Any:
+        return _read_json(http_request(self.base_url + path, None, self.api_key, self.timeout))
+
+    def post(self, path: str, body: Any) -> Any:
+        return _read_json(http_request(self.base_url + path, body, self.api_key, self.timeout))
+
+    def _call(self, body: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        return self.post("/generate", body)
+
+    def _stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        body = {**body, "stream": True}
+        resp = http_request(self.base_url + "/generate", body, self.api_key, self.timeout, True)
+        with resp:
+            for raw in resp:
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                payload = line[len("data:") :].strip()
+                if payload == "[DONE]":
+                    return
+                event = json.loads(payload)
+                if isinstance(event, dict) and "error" in event:
+                    raise RuntimeError(json.dumps(event))
+                yield event
+
+    # ---- Backend -------------------------------------------------------------------------
+    def get_model_name(self) -> str:
+        return self.model_path
+
+    def get_chat_template(self) -> Any:
+        if self._chat_template is None:
+            from radixlm_lang.chat_template import (
+                get_chat_template,
+                get_chat_template_by_model_path,
+            )
+
+            if self.chat_template_name:
+                self._chat_template = get_chat_template(self.chat_template_name)
+            else:
+                self._chat_template = get_chat_template_by_model_path(self.model_path)
+        return self._chat_template
+
+    def flush_cache(self) -> bool:
+        """Empty the server's prefix cache; RuntimeError while requests are running."""
+        self.post("/flush_cache", {"empty_cache": True})
+        return True
+
+    def get_server_info(self) -> dict[str, Any]:
+        return self.get("/get_server_info")
+
+    def get_model_info(self) -> dict[str, Any]:
+        return self.get("/get_model_info")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def server_args_to_argv(args: dict[str, Any]) -> list[str]:
+    """``{"max_total_tokens": 2000, "disable_radix_cache": True}`` → CLI flags.
+
+    ``True`` → a bare flag, ``False``/``None`` → omitted, a list → the flag then each value.
+    """
+    argv: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+class Runtime:
+    """Start ``python -m radixlm.launch_server`` in a child process and connect to it.
+
+    ``Runtime(model_path=..., max_total_tokens=..., ...)``: keyword arguments are server flags
+    in snake_case. The port defaults to a free one. Waits until ``/health_generate`` answers
+    200 (``launch_timeout`` seconds). ``endpoint`` is the ``RuntimeEndpoint`` to run programs
+    on; ``shutdown()`` stops the server (also at interpreter exit).
+    """
+
+    def __init__(
+        self,
+        *,
+        launch_timeout: float = 300.0,
+        chat_template_name: str | None = None,
+        log_file: str | None = None,
+        **server_args: Any,
+    ) -> None:
+        host = server_args.get("host") or "127.0.0.1"
+        server_args.setdefault("port", free_port(host))
+        self.url = f"http://{host}:{server_args['port']}"
+        self.server_args = server_args
+        cmd = [sys.executable, "-m", "radixlm.launch_server", *server_args_to_argv(server_args)]
+        self._log = open(log_file, "w") if log_file else None
+        self.process: subprocess.Popen | None = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT if self._log else None
+        )
+        atexit.register(self.shutdown)
+        try:
+            self._wait_healthy(launch_timeout, server_args.get("api_key"))
+            self.endpoint = RuntimeEndpoint(
+                self.url, server_args.get("api_key"), chat_template_name=chat_template_name
+            )
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _wait_healthy(self, timeout: float, api_key: str | None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise RuntimeError(f"the server exited during start-up (code {code})")
+            try:
+                http_request(self.url + "/health_generate", None, api_key, timeout=30).close()
+                return
+            except (OSError, RuntimeError):
+                time.sleep(0.2)
+        raise TimeoutError(f"the server at {self.url} was not healthy after {timeout} s")
+
+    def generate(self, prompt: str | list[str], sampling_params: dict | None = None, **kw: Any):
+        """A raw native ``/generate`` call (``kw``: other body fields)."""
+        body = {"text": prompt, "sampling_params": sampling_params or {}, **kw}
+        return self.endpoint.post("/generate", body)
+
+    def shutdown(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 15 s). Idempotent."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        if getattr(self, "process", None) is not None:
+            self.shutdown()
