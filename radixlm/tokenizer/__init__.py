@@ -15,8 +15,8 @@ def load_tokenizer(path: str, allow_fast: bool = True) -> Any:
     NOTE: when ``tokenizer_config.json`` names a class that :mod:`radixlm.tokenizer.fast`
     reproduces exactly (``TokenizersBackend``, ``LlamaTokenizer``, ``GPT2Tokenizer`` with settings
     it handles), a :class:`~radixlm.tokenizer.fast.FastTokenizer` is returned: the same Rust
-    tokenizer and the same API RadixLM uses, without importing transformers (~60 MB of resident
-    memory in every process that loads a tokenizer). ``allow_fast=False`` or any other config
+    tokenizer and the same API RadixLM uses, without importing transformers (~30 MB of resident
+    memory less in every process that loads a tokenizer). ``allow_fast=False`` or any other config
     loads the transformers class.
 
     Otherwise, when ``tokenizer_config.json`` names its class, that class is loaded directly —

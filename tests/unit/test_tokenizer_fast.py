@@ -203,6 +203,26 @@ def test_detokenizer_streams_match(pair) -> None:
         assert texts[0] == texts[1]
 
 
+def test_constrained_vocabulary_matches(pair) -> None:
+    """The grammar backend's byte view of the vocabulary (radixlm/constrained/vocabulary.py)."""
+    from radixlm.constrained.vocabulary import build_token_vocabulary
+
+    fast, ref = pair
+    a, b = build_token_vocabulary(fast), build_token_vocabulary(ref)
+    assert (a.kind, a.eos_token_ids, a.token_bytes) == (b.kind, b.eos_token_ids, b.token_bytes)
+
+
+def test_apply_chat_template_is_delegated() -> None:
+    fast, ref = load_pair(STORIES)
+    template = "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}"
+    fast.chat_template = ref.chat_template = template
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    for tokenize in (False, True):
+        assert fast.apply_chat_template(msgs, tokenize=tokenize) == ref.apply_chat_template(
+            msgs, tokenize=tokenize
+        )
+
+
 def test_fast_path_does_not_import_transformers() -> None:
     code = (
         "import sys; from radixlm.tokenizer import load_tokenizer;"
