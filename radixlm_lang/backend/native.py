@@ -130,7 +130,8 @@ class NativeBackend(Backend):
         method = choices_method if choices_method is not None else token_length_normalized
 
         # 1. Prefill the shared prompt once (the scoring batch then hits the cache) and learn P.
-        prompt_len = self.prefill(prompt)["prompt_tokens"]
+        prefill_meta = self.prefill(prompt)
+        prompt_len = prefill_meta["prompt_tokens"]
 
         # 2. Score every choice in one batch, from two tokens before the boundary.
         body: dict[str, Any] = {
@@ -168,18 +169,22 @@ class NativeBackend(Backend):
             output_token_logprobs=output_lps,
             unconditional_token_logprobs=unconditional,
         )
-        if isinstance(decision, ChoicesDecision):
-            return decision
-        # A method that returns only the chosen text: attach the scoring data ourselves.
-        return ChoicesDecision(
-            decision=str(decision),
-            meta_info={
-                "normalized_prompt_logprobs": normalized,
-                "input_token_logprobs": input_lps,
-                "output_token_logprobs": output_lps,
-                "unconditional_token_logprobs": unconditional,
-            },
-        )
+        if not isinstance(decision, ChoicesDecision):
+            # A method that returns only the chosen text: attach the scoring data ourselves.
+            decision = ChoicesDecision(
+                decision=str(decision),
+                meta_info={
+                    "normalized_prompt_logprobs": normalized,
+                    "input_token_logprobs": input_lps,
+                    "output_token_logprobs": output_lps,
+                    "unconditional_token_logprobs": unconditional,
+                },
+            )
+        # NOTE: not in SGLang's select meta_info; the prompt prefill's counts let callers (and the
+        # debug trace) see how much of the prompt the prefix cache served.
+        for key in ("prompt_tokens", "cached_tokens"):
+            decision.meta_info.setdefault(key, prefill_meta.get(key))
+        return decision
 
 
 def _single(out: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
