@@ -7,7 +7,6 @@ bytes, capped at ``max_running_requests × context_len`` (more could never be us
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 from dataclasses import dataclass
@@ -57,32 +56,10 @@ def _device_memory(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def tune_cpu_allocator() -> bool:
-    """Make glibc return large freed blocks to the OS at once (CPU runs; Linux/glibc only).
-
-    NOTE: glibc raises its mmap threshold dynamically (up to 32 MB) after large blocks are
-    freed, so the step's big temporaries (gathered K/V, logits, MLP intermediates) then come
-    from the heap and stay resident after they are freed; per-thread arenas keep more. A fixed
-    1 MB mmap/trim threshold and two arenas keep peak RSS at weights + KV + the live step's
-    temporaries (bench/offline_throughput.py: 1.52 -> 1.48 × weights+KV, fp32).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-        ok = libc.mallopt(m_mmap_threshold, 1 << 20) == 1
-        ok &= libc.mallopt(m_trim_threshold, 1 << 20) == 1
-        ok &= libc.mallopt(m_arena_max, 2) == 1
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
-
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.model_config: ModelConfig = load_model_config(config.model_path)
