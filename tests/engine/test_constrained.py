@@ -126,9 +126,10 @@ def test_bad_specs_are_request_errors(make_engine, sp, needle):
 
 
 def test_compile_timeout_and_size_limit_are_request_errors(make_engine):
-    engine = make_engine(grammar_compile_timeout=0.001, grammar_max_spec_chars=50)
+    engine = make_engine(grammar_compile_timeout=0.001)
     with pytest.raises(RequestError, match="longer than"):
         engine.generate(PROMPTS[0], {"json_schema": {"type": "object"}, "max_new_tokens": 4})
+    engine = make_engine(grammar_max_spec_chars=50)
     with pytest.raises(RequestError, match="limit of 50"):
         engine.generate(PROMPTS[0], {"regex": "a" * 60, "max_new_tokens": 4})
 
