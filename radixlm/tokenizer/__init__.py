@@ -12,7 +12,7 @@ from radixlm.errors import ModelLoadError
 def load_tokenizer(path: str, allow_fast: bool = True) -> Any:
     """Load a Hugging Face tokenizer from a local directory (never the Hub).
 
-    NOTE: when ``tokenizer_config.json`` names a class that :mod:`radixlm.tokenizer.fast`
+    NOTE: when ``tokenizer_config.json`` names a class that :mod:`radixlm.tokenizer.fast_loader`
     reproduces exactly (``TokenizersBackend``, ``LlamaTokenizer``, ``GPT2Tokenizer`` with settings
     it handles), a :class:`~radixlm.tokenizer.fast.FastTokenizer` is returned: the same Rust
     tokenizer and the same API RadixLM uses, without importing transformers (~30 MB of resident
@@ -25,7 +25,7 @@ def load_tokenizer(path: str, allow_fast: bool = True) -> Any:
     seconds of start-up) that a serving process never uses.
     """
     if allow_fast:
-        from radixlm.tokenizer.fast import load_fast_tokenizer
+        from radixlm.tokenizer.fast_loader import load_fast_tokenizer
 
         tokenizer = load_fast_tokenizer(path)
         if tokenizer is not None:

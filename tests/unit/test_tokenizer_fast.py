@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from radixlm.config import BUNDLED_MODEL
 from radixlm.sampling_params import SamplingParams
 from radixlm.tokenizer import load_tokenizer
-from radixlm.tokenizer.fast import FastTokenizer, unsupported_reason
+from radixlm.tokenizer.fast import FastTokenizer
+from radixlm.tokenizer.fast_loader import unsupported_reason
 from radixlm.tokenizer.output_text import OutputText
 
 GPT2 = str(Path(__file__).resolve().parents[1] / "fixtures" / "gpt2")
