@@ -1,7 +1,7 @@
 """Talk to a running ``radixlm serve`` with the OpenAI SDK and with the native API.
 
-    radixlm serve &                 # bundled demo model on :30000
-    python examples/client_openai.py
+radixlm serve &                 # bundled demo model on :30000
+python examples/client_openai.py
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ variable's text as it is generated (``text_iter()`` without a name streams the w
 
 from __future__ import annotations
 
-import argparse
+from _dsl_cli import run_example
 
 import radixlm_lang as sgl
 
@@ -53,17 +53,7 @@ def run(backend):
 
 
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="a RadixLM/SGLang server; default: in-process engine")
-    parser.add_argument("--max-total-tokens", type=int, help="KV pool size (in-process only)")
-    parser.add_argument("--num-threads", type=int, help="torch CPU threads (in-process only)")
-    args = parser.parse_args(argv)
-    options = {"max_total_tokens": args.max_total_tokens, "num_threads": args.num_threads}
-    backend = sgl.RuntimeEndpoint(args.url) if args.url else sgl.EngineBackend(**options)
-    try:
-        return run(backend)
-    finally:
-        backend.shutdown()
+    return run_example(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -316,22 +316,6 @@ class EngineBackend(NativeBackend):
         """Run ``fn(engine)`` on the thread that owns the engine (between scheduler steps)."""
         return self.service.call(fn)
 
-    def get_model_name(self) -> str:
-        return self.model_path
-
-    def get_chat_template(self) -> Any:
-        if self._chat_template is None:
-            from radixlm_lang.chat_template import (
-                get_chat_template,
-                get_chat_template_by_model_path,
-            )
-
-            if self.chat_template_name:
-                self._chat_template = get_chat_template(self.chat_template_name)
-            else:
-                self._chat_template = get_chat_template_by_model_path(self.model_path)
-        return self._chat_template
-
     def flush_cache(self) -> bool:
         """Empty the prefix cache; False (nothing done) while requests are live."""
         return self.service.call(lambda e: e.scheduler.flush_cache())

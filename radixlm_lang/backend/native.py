@@ -40,9 +40,30 @@ class SelectError(ValueError):
 class NativeBackend(Backend):
     """A backend whose requests are native ``/generate`` bodies (see the module docstring).
 
-    Subclasses implement ``_call`` / ``_stream`` plus the ``Backend`` basics
-    (``get_model_name``, ``get_chat_template``, ``flush_cache``, ``get_server_info``).
+    Subclasses implement ``_call`` / ``_stream`` plus ``flush_cache`` / ``get_server_info``,
+    and set ``model_path`` and ``chat_template_name`` (the template comes from the name, else
+    from the model path).
     """
+
+    model_path: str = ""
+    chat_template_name: str | None = None
+    _chat_template: Any = None
+
+    def get_model_name(self) -> str:
+        return self.model_path
+
+    def get_chat_template(self) -> Any:
+        if self._chat_template is None:
+            from radixlm_lang.chat_template import (
+                get_chat_template,
+                get_chat_template_by_model_path,
+            )
+
+            if self.chat_template_name:
+                self._chat_template = get_chat_template(self.chat_template_name)
+            else:
+                self._chat_template = get_chat_template_by_model_path(self.model_path)
+        return self._chat_template
 
     @abstractmethod
     def _call(self, body: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:

@@ -112,22 +112,6 @@ class RuntimeEndpoint(NativeBackend):
                 yield event
 
     # ---- Backend -------------------------------------------------------------------------
-    def get_model_name(self) -> str:
-        return self.model_path
-
-    def get_chat_template(self) -> Any:
-        if self._chat_template is None:
-            from radixlm_lang.chat_template import (
-                get_chat_template,
-                get_chat_template_by_model_path,
-            )
-
-            if self.chat_template_name:
-                self._chat_template = get_chat_template(self.chat_template_name)
-            else:
-                self._chat_template = get_chat_template_by_model_path(self.model_path)
-        return self._chat_template
-
     def flush_cache(self) -> bool:
         """Empty the server's prefix cache; RuntimeError while requests are running."""
         self.post("/flush_cache", {"empty_cache": True})

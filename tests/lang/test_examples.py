@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +20,8 @@ NAMES = ["react_agent", "json_extraction", "few_shot_select", "tree_of_thought",
 
 
 def load(name: str) -> ModuleType:
+    if str(EXAMPLES) not in sys.path:  # the examples import their shared _dsl_cli.py
+        sys.path.insert(0, str(EXAMPLES))
     path = EXAMPLES / f"dsl_{name}.py"
     spec = importlib.util.spec_from_file_location(f"dsl_example_{name}", path)
     assert spec is not None and spec.loader is not None
