@@ -64,8 +64,9 @@ def _argmax(values: list[float]) -> int:
 
 
 class ChoicesSamplingMethod:
-    """Base of the selection methods; ``requires_unconditional_logprobs`` asks the backend for
-    the third (context-free) scoring call."""
+    """Base of the selection methods: ``_pick`` returns the winning index and any extra
+    ``meta_info``; ``requires_unconditional_logprobs`` asks the backend for the third
+    (context-free) scoring call."""
 
     requires_unconditional_logprobs: bool = False
 
@@ -78,70 +79,51 @@ class ChoicesSamplingMethod:
         output_token_logprobs: list[list[TokenLogprob]],
         unconditional_token_logprobs: list[list[TokenLogprob]] | None = None,
     ) -> ChoicesDecision:
-        raise NotImplementedError
+        best, extra = self._pick(
+            normalized_prompt_logprobs, input_token_logprobs, unconditional_token_logprobs
+        )
+        meta = {
+            "normalized_prompt_logprobs": normalized_prompt_logprobs,
+            "input_token_logprobs": input_token_logprobs,
+            "output_token_logprobs": output_token_logprobs,
+            **extra,
+        }
+        return ChoicesDecision(choices[best], meta)
 
-    @staticmethod
-    def _meta(**kw: Any) -> dict[str, Any]:
-        return dict(kw)
+    def _pick(
+        self,
+        normalized: list[float],
+        logprobs: list[list[TokenLogprob]],
+        unconditional: list[list[TokenLogprob]] | None,
+    ) -> tuple[int, dict[str, Any]]:
+        raise NotImplementedError
 
 
 class TokenLengthNormalized(ChoicesSamplingMethod):
     """The choice with the highest mean token logprob."""
 
-    def __call__(
-        self,
-        *,
-        choices,
-        normalized_prompt_logprobs,
-        input_token_logprobs,
-        output_token_logprobs,
-        unconditional_token_logprobs=None,
-    ) -> ChoicesDecision:
-        best = _argmax(normalized_prompt_logprobs)
-        return ChoicesDecision(
-            choices[best],
-            self._meta(
-                normalized_prompt_logprobs=normalized_prompt_logprobs,
-                input_token_logprobs=input_token_logprobs,
-                output_token_logprobs=output_token_logprobs,
-            ),
-        )
+    def _pick(self, normalized, logprobs, unconditional):
+        return _argmax(normalized), {}
 
 
 class GreedyTokenSelection(ChoicesSamplingMethod):
     """Position by position, keep the choices whose logprob there is the maximum, until one is
     left. Shorter choices are padded with their own mean; a None logprob counts as 0."""
 
-    def __call__(
-        self,
-        *,
-        choices,
-        normalized_prompt_logprobs,
-        input_token_logprobs,
-        output_token_logprobs,
-        unconditional_token_logprobs=None,
-    ) -> ChoicesDecision:
-        width = max((len(e) for e in input_token_logprobs), default=0)
+    def _pick(self, normalized, logprobs, unconditional):
+        width = max((len(e) for e in logprobs), default=0)
         matrix: list[list[float]] = []
-        for entries in input_token_logprobs:
+        for entries in logprobs:
             row = [e[0] or 0.0 for e in entries]
             mean = sum(row) / len(row) if row else 0.0
             matrix.append(row + [mean] * (width - len(row)))
-        remaining = list(range(len(choices)))
+        remaining = list(range(len(logprobs)))
         for j in range(width):
             top = max(matrix[i][j] for i in remaining)
             remaining = [i for i in remaining if matrix[i][j] == top]
             if len(remaining) == 1:
                 break
-        return ChoicesDecision(
-            choices[remaining[0]],
-            self._meta(
-                normalized_prompt_logprobs=normalized_prompt_logprobs,
-                input_token_logprobs=input_token_logprobs,
-                output_token_logprobs=output_token_logprobs,
-                greedy_logprob_matrix=matrix,
-            ),
-        )
+        return remaining[0], {"greedy_logprob_matrix": matrix}
 
 
 class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
@@ -152,36 +134,22 @@ class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
 
     requires_unconditional_logprobs = True
 
-    def __call__(
-        self,
-        *,
-        choices,
-        normalized_prompt_logprobs,
-        input_token_logprobs,
-        output_token_logprobs,
-        unconditional_token_logprobs=None,
-    ) -> ChoicesDecision:
-        if unconditional_token_logprobs is None:
+    def _pick(self, normalized, logprobs, unconditional):
+        if unconditional is None:
             raise ValueError("unconditional_likelihood_normalized needs unconditional logprobs")
         scores: list[float] = []
-        for cond, uncond in zip(input_token_logprobs, unconditional_token_logprobs):
+        for cond, uncond in zip(logprobs, unconditional):
             u = [e[0] for e in uncond]
             if u:
                 u[0] = u[0] or 0.0
             k = min(len(cond), len(u))
             diffs = [(c[0] or 0.0) - (x or 0.0) for c, x in zip(cond[-k:] if k else [], u[-k:])]
             scores.append(sum(diffs) / len(diffs) if diffs else 0.0)
-        best = _argmax(scores)
-        return ChoicesDecision(
-            choices[best],
-            self._meta(
-                normalized_prompt_logprobs=normalized_prompt_logprobs,
-                input_token_logprobs=input_token_logprobs,
-                output_token_logprobs=output_token_logprobs,
-                unconditional_token_logprobs=unconditional_token_logprobs,
-                normalized_unconditional_prompt_logprobs=scores,
-            ),
-        )
+        extra = {
+            "unconditional_token_logprobs": unconditional,
+            "normalized_unconditional_prompt_logprobs": scores,
+        }
+        return _argmax(scores), extra
 
 
 token_length_normalized = TokenLengthNormalized()
