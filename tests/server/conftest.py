@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -111,6 +112,24 @@ class Server:
                 raise AssertionError(f"server not idle after {timeout} s: {s}")
             time.sleep(0.1)
 
+    def child_pid(self, name: str) -> int:
+        """Pid of the ``scheduler`` or ``detokenizer`` child, from the start-up log line."""
+        match = re.search(rf"{name} \(pid (\d+)\)", self.read_log())
+        assert match, f"no {name} pid in the log"
+        return int(match.group(1))
+
+    def wait_exit_seeing_503(self, timeout: float) -> bool:
+        """Poll /health until the server exits; whether it answered 503 meanwhile."""
+        saw_503 = False
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                saw_503 |= self.get("/health")[0] == 503
+            except OSError:
+                pass
+            time.sleep(0.1)
+        return saw_503
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -121,6 +140,19 @@ class Server:
                 self.proc.wait(5)
         self.log.close()
         return self.proc.returncode
+
+
+def raw_post(port: int, path: str, body: dict, headers: dict | None = None) -> socket.socket:
+    """Send a POST by hand and return the open socket (tests that drop connections)."""
+    payload = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return s
 
 
 @pytest.fixture(scope="session")

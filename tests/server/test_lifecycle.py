@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.server.conftest import Server, free_port
+from tests.server.conftest import Server, free_port, raw_post
 
 
 @pytest.fixture(scope="module")
@@ -94,24 +91,15 @@ def _children(pid: int) -> list[int]:
 def test_killed_scheduler_means_503_and_exit(tmp_path):
     s = Server(log_path=str(tmp_path / "kill.log"))
     try:
-        kids = _children(s.proc.pid)
-        match = re.search(r"spawned scheduler \(pid (\d+)\)", s.read_log())
-        scheduler = int(match.group(1))
-        assert scheduler in kids
+        scheduler = s.child_pid("scheduler")
+        assert scheduler in _children(s.proc.pid)
         os.kill(scheduler, signal.SIGKILL)
-        saw_503 = False
-        deadline = time.monotonic() + 15
-        while s.proc.poll() is None and time.monotonic() < deadline:
-            try:
-                saw_503 |= s.get("/health")[0] == 503
-            except OSError:
-                pass
-            time.sleep(0.1)
+        saw_503 = s.wait_exit_seeing_503(15)
         assert s.proc.poll() is not None, "server did not exit"
         assert s.proc.returncode != 0
         assert saw_503
         # The detokenizer dies with the server (the resource tracker may take longer).
-        detok = int(re.search(r"detokenizer \(pid (\d+)\)", s.read_log()).group(1))
+        detok = s.child_pid("detokenizer")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not _gone(detok):
             time.sleep(0.1)
@@ -132,15 +120,11 @@ def test_non_streaming_disconnect_aborts(guarded):
     """A client that gives up on a non-streamed request gets its request aborted."""
     auth = {"Authorization": "Bearer sekrit"}
     before = _metric(guarded, "radixlm:num_aborted_requests_total", auth)
-    payload = json.dumps(
-        {"text": "Once upon a time", "sampling_params": {"max_new_tokens": 450, "ignore_eos": True}}
-    ).encode()
-    s = socket.create_connection(("127.0.0.1", guarded.port), timeout=30)
-    s.sendall(
-        b"POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\n"
-        + f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
+    body = {
+        "text": "Once upon a time",
+        "sampling_params": {"max_new_tokens": 450, "ignore_eos": True},
+    }
+    s = raw_post(guarded.port, "/generate", body, auth)
     time.sleep(0.3)
     s.close()
     deadline = time.monotonic() + 20
@@ -151,17 +135,10 @@ def test_non_streaming_disconnect_aborts(guarded):
 
 def test_hung_scheduler_means_503_and_exit(tmp_path):
     s = Server("--watchdog-timeout", "3", log_path=str(tmp_path / "hang.log"))
-    scheduler = int(re.search(r"spawned scheduler \(pid (\d+)\)", s.read_log()).group(1))
+    scheduler = s.child_pid("scheduler")
     try:
         os.kill(scheduler, signal.SIGSTOP)  # alive but silent: no heartbeats
-        saw_503 = False
-        deadline = time.monotonic() + 20
-        while s.proc.poll() is None and time.monotonic() < deadline:
-            try:
-                saw_503 |= s.get("/health")[0] == 503
-            except OSError:
-                pass
-            time.sleep(0.1)
+        saw_503 = s.wait_exit_seeing_503(20)
         assert s.proc.poll() is not None and s.proc.returncode != 0
         assert saw_503
         assert "hung" in s.read_log()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
 
 import pytest
+
+from tests.server.conftest import raw_post
 
 GREEDY = {"temperature": 0, "max_new_tokens": 24}
 PROMPTS = ["Once upon a time", "Lily and Tom went to the park", "The little dog was sad"]
@@ -235,13 +235,7 @@ def test_overlap_equals_no_overlap(server, start_server):
 
 def _cut_stream(url_port: int, body: dict, read_bytes: int) -> None:
     """Open a streaming request, read a little, then drop the connection."""
-    payload = json.dumps({**body, "stream": True}).encode()
-    s = socket.create_connection(("127.0.0.1", url_port), timeout=30)
-    s.sendall(
-        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
+    s = raw_post(url_port, "/generate", {**body, "stream": True})
     got = b""
     while len(got) < read_bytes:
         chunk = s.recv(4096)
