@@ -18,12 +18,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from radixlm import __version__
 from radixlm.errors import RadixLMError, RequestError
+from radixlm.server.http_util import (
+    SSE_DONE,
+    ClientDisconnected,
+    close_quietly,
+    next_unless_disconnected,
+    sse,
+)
 from radixlm.server.openai_api import create_openai_router
 from radixlm.server.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
 
-DISCONNECT_POLL_SECONDS = 0.25
 OPEN_PATHS = ("/health", "/health_generate", "/metrics")
 
 
@@ -48,34 +54,16 @@ async def _json_body(request: Request) -> Any:
         raise RequestError(f"the request body is not valid JSON: {e}") from e
 
 
-async def _next_or_disconnect(request: Request, it: AsyncIterator[Any]) -> Any:
-    """``await anext(it)``, but abort (close ``it``) if the client disconnects meanwhile."""
-    task = asyncio.ensure_future(it.__anext__())
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await it.aclose()
-            raise ConnectionAbortedError("client disconnected")
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
-
-
-async def _sse_events(first: Any, it: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+async def _sse_events(first: Any, it: AsyncIterator[Any]) -> AsyncIterator[str]:
     try:
-        yield _sse(first)
+        yield sse(first)
         async for chunk in it:
-            yield _sse(chunk)
+            yield sse(chunk)
     except RadixLMError as e:
-        yield _sse({"error": {"message": str(e), "code": e.http_status}})
+        yield sse({"error": {"message": str(e), "code": e.http_status}})
     finally:
-        await it.aclose()  # on disconnect too: aborts what is unfinished
-    yield b"data: [DONE]\n\n"
+        await close_quietly(it)  # on disconnect too: aborts what is unfinished
+    yield SSE_DONE
 
 
 class ApiKeyMiddleware:
@@ -128,17 +116,21 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
     # ---- generation ----------------------------------------------------------------------
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:
+        it = None
         try:
             obj = await _json_body(request)
             it = tm.generate(obj)
-            first = await _next_or_disconnect(request, it)
-        except ConnectionAbortedError:
+            first = await next_unless_disconnected(request, it)
+        except ClientDisconnected:
+            await close_quietly(it)  # aborts the request
             return Response(status_code=499)
         except Exception as e:
+            if it is not None:
+                await close_quietly(it)
             return _error(e)
         if isinstance(obj, dict) and obj.get("stream"):
             return StreamingResponse(_sse_events(first, it), media_type="text/event-stream")
-        await it.aclose()
+        await close_quietly(it)
         return JSONResponse(first)
 
     @app.post("/abort_request")

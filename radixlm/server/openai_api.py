@@ -13,9 +13,7 @@ queued is aborted as soon as its client goes away.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +25,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from radixlm.errors import RadixLMError
 from radixlm.server.chat_template import ChatTemplate
+from radixlm.server.http_util import (
+    SSE_DONE,
+    ClientDisconnected,
+    close_quietly,
+    next_unless_disconnected,
+    sse,
+)
 from radixlm.server.openai_protocol import (
     OpenAICall,
     error_body,
@@ -51,10 +56,6 @@ class GenerateBackend(Protocol):
         """Native ``/generate``: raises RadixLMError before the first item on bad input; closing
         the iterator early aborts the unfinished requests."""
         ...
-
-
-class ClientDisconnected(Exception):
-    """The HTTP client went away while we waited for the engine."""
 
 
 def create_openai_router(get_backend: Callable[[], GenerateBackend]) -> APIRouter:
@@ -110,7 +111,7 @@ async def _handle(
         call = parse(parse_json_body(await request.body()), backend)
         it = backend.generate(call.native)
         # The first item is awaited here so a bad request is an HTTP error, not a stream event.
-        first = await _next_unless_disconnected(request, it)
+        first = await next_unless_disconnected(request, it)
         if call.stream:
             streaming = True
             return _EventStream(_events(call, it, first), it)
@@ -125,50 +126,7 @@ async def _handle(
         return error_response(e)
     finally:
         if it is not None and not streaming:
-            await _close(it)
-
-
-async def _next_unless_disconnected(request: Request, it: AsyncIterator[Any]) -> Any:
-    """The iterator's next item, or ClientDisconnected if the client leaves first."""
-    nxt = asyncio.ensure_future(it.__anext__())
-    watch = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({nxt, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if nxt in done:
-            try:
-                return nxt.result()
-            except StopAsyncIteration:
-                raise RuntimeError("the backend produced no result") from None
-        raise ClientDisconnected
-    finally:
-        for task in (nxt, watch):
-            task.cancel()
-        # Let the cancelled __anext__ unwind before anyone closes the iterator.
-        await asyncio.gather(nxt, watch, return_exceptions=True)
-
-
-async def _wait_disconnect(request: Request) -> None:
-    # The body has been read, so the next ASGI message is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _close(it: AsyncIterator[Any]) -> None:
-    aclose = getattr(it, "aclose", None)
-    if aclose is None:
-        return
-    with anyio.CancelScope(shield=True):
-        try:
-            await aclose()
-        except Exception:
-            logger.exception("closing the backend stream failed")
-
-
-def _sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-_DONE = "data: [DONE]\n\n"
+            await close_quietly(it)
 
 
 async def _events(call: OpenAICall, it: AsyncIterator[Any], first: Any) -> AsyncIterator[str]:
@@ -176,24 +134,24 @@ async def _events(call: OpenAICall, it: AsyncIterator[Any], first: Any) -> Async
     state = StreamState(call)
     try:
         for c in state.start():
-            yield _sse(c)
+            yield sse(c)
         item = first
         while item is not None:
             for c in state.feed(item):
-                yield _sse(c)
+                yield sse(c)
             item = await anext(it, None)
         if not state.all_done:
             raise RuntimeError("the backend stream ended before every choice finished")
         if call.include_usage:
-            yield _sse(state.usage_chunk())
-        yield _DONE
+            yield sse(state.usage_chunk())
+        yield SSE_DONE
     except Exception as e:
         if not isinstance(e, RadixLMError):
             logger.exception("OpenAI stream failed")
-        yield _sse(error_body(e)[1])
-        yield _DONE
+        yield sse(error_body(e)[1])
+        yield SSE_DONE
     finally:
-        await _close(it)
+        await close_quietly(it)
 
 
 class _EventStream(StreamingResponse):
@@ -219,4 +177,6 @@ class _EventStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            await _close(self.backend_iter)  # the body never started if the client left at once
+            await close_quietly(
+                self.backend_iter
+            )  # the body never started if the client left at once
