@@ -38,7 +38,6 @@ import os
 import random
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,8 @@ from common import (
     environment,
     repo_path,
 )
+
+from radixlm_lang.backend.runtime_endpoint import free_port
 
 DEFAULT_BASE_URL = "http://127.0.0.1:30000"
 WARMUP_MAX_TOKENS = 16  # warm-up requests are capped to this many new tokens
@@ -682,12 +683,6 @@ def print_comparison(runs: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 # ---- launching servers (--launch) -----------------------------------------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def wait_until_ready(proc: subprocess.Popen, base_url: str, timeout: float, log: Path) -> None:
     """Poll ``GET /health`` until 200; exit with the log tail if the server dies or times out."""
 

@@ -17,13 +17,9 @@ from typing import Any
 
 import pytest
 
+from radixlm_lang.backend.runtime_endpoint import free_port
+
 STARTUP_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.server.conftest import Server, free_port, raw_post
+from radixlm_lang.backend.runtime_endpoint import free_port
+from tests.server.conftest import Server, raw_post
 
 
 @pytest.fixture(scope="module")
