@@ -21,7 +21,7 @@ BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "stories260K")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULE_POLICIES = ("lpm", "fcfs", "lof", "random", "dfs-weight")
-ATTENTION_BACKENDS = ("auto", "torch_native")
+ATTENTION_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
 GRAMMAR_BACKENDS = ("outlines", "none")
 
 
@@ -41,7 +41,15 @@ class EngineConfig:
         "auto", "weight/activation dtype; auto = checkpoint dtype (fp32 → bf16 on CUDA)", DTYPES
     )
     device: str = _opt("auto", "device to run on; auto = cuda if available else cpu", DEVICES)
-    attention_backend: str = _opt("auto", "attention kernels", ATTENTION_BACKENDS)
+    attention_backend: str = _opt(
+        "auto",
+        "attention kernels; auto = flashinfer if installed, else triton, on CUDA; torch_native on CPU",
+        ATTENTION_BACKENDS,
+    )
+    cuda_graph_max_bs: int = _opt(
+        256, "largest decode batch replayed from a captured CUDA graph (padded to captured sizes)"
+    )
+    disable_cuda_graph: bool = _opt(False, "run decode batches eagerly on CUDA (no CUDA graphs)")
     context_length: int | None = _opt(
         None, "max tokens per request (prompt + output); default: from config.json"
     )
@@ -181,8 +189,15 @@ class EngineConfig:
         device = changes.get("device", self.device)
         if device == "cuda" and not _cuda_available():
             raise ConfigError("device='cuda' requested but torch.cuda.is_available() is False")
+        if self.cuda_graph_max_bs < 1:
+            raise ConfigError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.attention_backend == "auto":
-            changes["attention_backend"] = "torch_native"
+            changes["attention_backend"] = _default_attention_backend(device)
+        elif self.attention_backend in ("triton", "flashinfer") and device != "cuda":
+            raise ConfigError(
+                f"attention_backend={self.attention_backend!r} needs device='cuda'; "
+                "use torch_native (or auto) on CPU"
+            )
         if self.mem_fraction_static is None:
             changes["mem_fraction_static"] = 0.85 if device == "cuda" else 0.2
         if chunk is None:
@@ -229,6 +244,18 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _default_attention_backend(device: str) -> str:
+    """flashinfer if importable, else triton if importable, on CUDA; torch_native otherwise."""
+    if device != "cuda":
+        return "torch_native"
+    import importlib.util
+
+    for name in ("flashinfer", "triton"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    return "torch_native"
 
 
 def _default_device() -> str:

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 _BACKENDS = {
     "torch_native": ("radixlm.attention.torch_native", "TorchNativeBackend"),
+    "triton": ("radixlm.attention.triton_backend", "TritonAttnBackend"),
+    "flashinfer": ("radixlm.attention.flashinfer_backend", "FlashInferAttnBackend"),
 }
 
 
