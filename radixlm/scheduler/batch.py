@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from radixlm.engine.forward_batch import ForwardBatch, ForwardMode
-from radixlm.engine.sampler import SamplingRow
+from radixlm.engine.sampling_info import SamplingBatchInfo
+from radixlm.engine.transfer import to_device
 from radixlm.mem.kv_pool import TokenToKVPool
 from radixlm.mem.req_to_token import ReqToTokenPool
 from radixlm.scheduler.req import Req
@@ -55,7 +56,7 @@ class ScheduleBatch:
     plan: LogitsPlan
     # Filled when the batch is launched (scheduler thread) ...
     forward_batch: ForwardBatch | None = None
-    sampling_rows: list[SamplingRow] = field(default_factory=list)  # per plan.sample_rows
+    sampling_info: SamplingBatchInfo | None = None  # one row per plan.sample_rows
     future: FutureTokens | None = None
     # Hook for delayed sampling (constrained decoding): the sampling of this batch needs the
     # previous batch's tokens on the host (e.g. to fill a grammar mask), so the previous result
@@ -116,19 +117,17 @@ class ScheduleBatch:
         if source is not None:
             self.future = FutureTokens(
                 source,
-                torch.tensor(src_rows, dtype=torch.int64, device=device),
-                torch.tensor(dst, dtype=torch.int64, device=device),
+                to_device(src_rows, torch.int64, device),
+                to_device(dst, torch.int64, device),
             )
         seq_lens = [p + e for p, e in zip(self.prefix_lens, self.extend_lens)]
         return ForwardBatch(
             mode=self.mode,
-            input_ids=torch.tensor(ids, dtype=torch.int64, device=device),
-            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            input_ids=to_device(ids, torch.int64, device),
+            positions=to_device(positions, torch.int64, device),
             out_cache_loc=self.out_cache_loc,
-            req_pool_indices=torch.tensor(
-                [r.req_pool_idx for r in self.reqs], dtype=torch.int64, device=device
-            ),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=device),
+            req_pool_indices=to_device([r.req_pool_idx for r in self.reqs], torch.int64, device),
+            seq_lens=to_device(seq_lens, torch.int64, device),
             seq_lens_cpu=seq_lens,
             extend_prefix_lens_cpu=list(self.prefix_lens),
             extend_seq_lens_cpu=list(self.extend_lens),

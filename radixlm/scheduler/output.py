@@ -9,7 +9,7 @@ is done. Streams get a delta every ``stream_interval`` decode steps; other reque
 from __future__ import annotations
 
 from radixlm.scheduler.batch import ScheduleBatch
-from radixlm.scheduler.executor import BatchResult
+from radixlm.scheduler.executor import HostOutputs
 from radixlm.scheduler.io import DetokInit, ReqOutput
 from radixlm.scheduler.req import Req
 from radixlm.tokenizer.detokenizer import CONTEXT_TOKENS, MAX_EXTRA_CONTEXT
@@ -18,7 +18,7 @@ from radixlm.tokenizer.detokenizer import CONTEXT_TOKENS, MAX_EXTRA_CONTEXT
 DETOK_CONTEXT_TOKENS = CONTEXT_TOKENS + MAX_EXTRA_CONTEXT
 
 
-def record_input_logprobs(batch: ScheduleBatch, res: BatchResult) -> None:
+def record_input_logprobs(batch: ScheduleBatch, res: HostOutputs) -> None:
     """Append the prompt logprobs the executor computed to each request of ``batch``."""
     offset = 0
     for s in batch.plan.input_spans:

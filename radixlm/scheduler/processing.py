@@ -9,6 +9,7 @@ its memory (``_free_memory``).
 
 from __future__ import annotations
 
+from radixlm.engine.sampling_info import SamplingBatchInfo
 from radixlm.scheduler.batch import ScheduleBatch
 from radixlm.scheduler.executor import BatchResult
 from radixlm.scheduler.output import build_output, record_input_logprobs, record_output_logprob
@@ -39,7 +40,8 @@ class BatchProcessing:
         fb = batch.to_forward_batch(self.req_to_token_pool, self.kv_pool, self.device)
         batch.forward_batch = fb
         vocab = self.runner.vocab_size
-        batch.sampling_rows = [r.sampling_row(vocab, self.device) for r in batch.sample_reqs]
+        rows = [r.sampling_row(vocab, self.device) for r in batch.sample_reqs]
+        batch.sampling_info = SamplingBatchInfo.build(rows, vocab, self.device)
         self.runner.prepare(fb)
         for row, i in enumerate(batch.plan.sample_req_indices):
             batch.reqs[i].pending = (batch, row)
@@ -61,24 +63,29 @@ class BatchProcessing:
                 self.running.append(req)  # it decodes next (dropped there if it finishes now)
 
     def _process(self, batch: ScheduleBatch, res: BatchResult) -> None:
-        """Apply a batch's sampled tokens: finish, release or stream each request."""
+        """Apply a batch's sampled tokens: finish, release or stream each request.
+
+        ``res.host()`` is where the scheduler thread waits for the batch's device→host copies
+        (on CUDA; by then the next batch is already queued behind it).
+        """
+        out = res.host()
         self.stats.forward_seconds += res.forward_seconds
         self.stats.forward_steps += 1
         if batch.plan.input_spans:
-            record_input_logprobs(batch, res)
+            record_input_logprobs(batch, out)
         for row, i in enumerate(batch.plan.sample_req_indices):
             req = batch.reqs[i]
             if req.pending is not None and req.pending[0] is batch:
                 req.pending = None
             if req.finished:
                 continue  # aborted, or finished by the previous batch: drop the extra token
-            token = res.next_ids[row]
+            token = out.next_ids[row]
             req.append_token(token)
             self.stats.generated_tokens += 1
             if req.return_logprob:
-                top_v = res.top_logprobs[row] if res.top_logprobs else None
-                top_i = res.top_ids[row] if res.top_ids else None
-                record_output_logprob(req, res.logprobs[row], top_v, top_i)
+                top_v = out.top_logprobs[row] if out.top_logprobs else None
+                top_i = out.top_ids[row] if out.top_ids else None
+                record_output_logprob(req, out.logprobs[row], top_v, top_i)
             complete = req.grammar is not None and self.grammars.accept(req, token)
             check_finished(req, self.stop_checker)
             if not req.finished and complete:
