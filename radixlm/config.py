@@ -22,7 +22,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULE_POLICIES = ("lpm", "fcfs", "lof", "random", "dfs-weight")
 ATTENTION_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
-GRAMMAR_BACKENDS = ("outlines", "none")
+GRAMMAR_BACKENDS = ("outlines", "llguidance", "auto", "none")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -92,7 +92,11 @@ class EngineConfig:
     )
     stream_interval: int = _opt(1, "emit streamed output every N decode steps")
     grammar_backend: str = _opt(
-        "outlines", "constrained decoding backend (regex / json_schema)", GRAMMAR_BACKENDS
+        "outlines",
+        "constrained decoding backend: outlines (outlines-core DFA: fastest masks), llguidance "
+        "(fast compiles, more JSON Schema, ebnf; pip install llguidance), auto (outlines, "
+        "llguidance for what outlines cannot compile or compiles slowly), none",
+        GRAMMAR_BACKENDS,
     )
     grammar_compile_timeout: float = _opt(
         30.0, "seconds a grammar may take to compile before the request fails with a 400"
@@ -193,7 +197,10 @@ class EngineConfig:
             raise ConfigError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.attention_backend == "auto":
             changes["attention_backend"] = _default_attention_backend(device)
-        elif self.attention_backend in ("triton", "flashinfer") and device != "cuda":
+        elif self.attention_backend in ("triton", "flashinfer") and device != "cuda" and not (
+            # Triton's interpreter runs the kernels on CPU tensors (slowly): tests only
+            self.attention_backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+        ):
             raise ConfigError(
                 f"attention_backend={self.attention_backend!r} needs device='cuda'; "
                 "use torch_native (or auto) on CPU"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from radixlm.engine.forward_batch import ForwardBatch
+from radixlm.engine.transfer import to_device
 
 
 @dataclass
@@ -57,7 +58,7 @@ def cumsum_indptr(lens: list[int]) -> list[int]:
 
 def indptr_tensor(lens: list[int], device: torch.device | str) -> torch.Tensor:
     """Host-computed int32 indptr ``[len(lens) + 1]`` copied to ``device`` (H2D only)."""
-    return torch.tensor(cumsum_indptr(lens), dtype=torch.int32, device=device)
+    return to_device(cumsum_indptr(lens), torch.int32, torch.device(device))
 
 
 def gather_kv_indices(
@@ -85,7 +86,7 @@ def build_paged_kv_index(fb: ForwardBatch) -> PagedKVIndex:
     table = fb.req_to_token_pool.req_to_token
     device = table.device
     kv_indptr_cpu = cumsum_indptr(fb.seq_lens_cpu)
-    kv_indptr = torch.tensor(kv_indptr_cpu, dtype=torch.int32, device=device)
+    kv_indptr = to_device(kv_indptr_cpu, torch.int32, device)
     seq_lens = fb.seq_lens.to(device)
     kv_indices = gather_kv_indices(
         table, fb.req_pool_indices, kv_indptr, seq_lens, kv_indptr_cpu[-1]
@@ -93,7 +94,7 @@ def build_paged_kv_index(fb: ForwardBatch) -> PagedKVIndex:
     index = PagedKVIndex(kv_indptr, kv_indices, kv_indptr_cpu)
     if fb.mode.is_extend():
         index.qo_indptr_cpu = cumsum_indptr(fb.extend_seq_lens_cpu)
-        index.qo_indptr = torch.tensor(index.qo_indptr_cpu, dtype=torch.int32, device=device)
+        index.qo_indptr = to_device(index.qo_indptr_cpu, torch.int32, device)
     return index
 
 

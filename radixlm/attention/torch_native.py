@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from radixlm.attention.base import AttentionBackend, AttentionLayerSpec
 from radixlm.engine.forward_batch import ForwardBatch
+from radixlm.engine.transfer import to_device
 
 
 @dataclass
@@ -106,7 +107,7 @@ class TorchNativeBackend(AttentionBackend):
             index, rows, lens = None, fb.req_pool_indices, fb.seq_lens
             max_len = max(fb.seq_lens_cpu)
         else:
-            index = torch.tensor(members, dtype=torch.int64, device=fb.seq_lens.device)
+            index = to_device(members, torch.int64, fb.seq_lens.device)
             rows, lens = fb.req_pool_indices[index], fb.seq_lens[index]
             max_len = max(fb.seq_lens_cpu[i] for i in members)
         table = fb.req_to_token_pool.req_to_token[rows, :max_len].long()  # [b, L]

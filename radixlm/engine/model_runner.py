@@ -1,20 +1,27 @@
 """``ModelRunner``: owns the model, the KV memory and the attention backend; runs one step.
 
 Sizing (logged once at start-up): the KV pool holds ``max_total_tokens`` tokens, either as
-configured or ``mem_fraction_static × device memory − weights`` divided by the per-token KV
-bytes, capped at ``max_running_requests × context_len`` (more could never be used).
+configured or derived from the memory budget divided by the per-token KV bytes, capped at
+``max_running_requests × context_len`` (more could never be used). The budget is
+``mem_fraction_static × RAM − weights`` on CPU; on CUDA it is the free device memory after the
+weights are loaded minus ``(1 − mem_fraction_static) × device memory``, kept for activations,
+CUDA graphs and workspaces (so memory other processes hold is accounted for).
+
+On CUDA, decode batches of up to ``cuda_graph_max_bs`` requests replay captured CUDA graphs
+(:mod:`radixlm.engine.cuda_graph_runner`) when the attention backend supports it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from radixlm.attention import create_attention_backend
 from radixlm.config import EngineConfig
+from radixlm.engine.cuda_graph_runner import CudaGraphRunner, GraphOps
 from radixlm.engine.forward_batch import ForwardBatch
 from radixlm.errors import ConfigError
 from radixlm.mem.kv_pool import TokenToKVPool
@@ -50,10 +57,13 @@ def resolve_dtype(name: str, checkpoint_dtype: str, device: torch.device) -> tor
     return dtype
 
 
-def _device_memory(device: torch.device) -> int:
+def _kv_budget(device: torch.device, fraction: float, weight_bytes: int) -> float:
+    """Bytes the KV pool may take (see the module docstring); called after the weights load."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        free, total = torch.cuda.mem_get_info(device)
+        return free - total * (1 - fraction)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ram * fraction - weight_bytes
 
 
 class ModelRunner:
@@ -81,7 +91,9 @@ class ModelRunner:
             self.dtype,
             self.device,
         )
-        self.attn_backend = create_attention_backend(config.attention_backend)
+        self.attn_backend = self._create_backend()
+        self.graph_runner: CudaGraphRunner | None = None
+        self.graph_mb = 0.0
         logger.info(
             "model %s loaded: %s, %.1f MB weights, dtype %s, device %s",
             mc.architecture,
@@ -91,12 +103,44 @@ class ModelRunner:
             self.device,
         )
         logger.info(
-            "KV pool: %d tokens (%.1f MB), max_running_requests %d, context %d",
+            "KV pool: %d tokens (%.1f MB), max_running_requests %d, context %d, attention %s",
             lim.max_total_tokens,
             lim.max_total_tokens * lim.kv_bytes_per_token / 2**20,
             lim.max_running_requests,
             lim.max_req_len,
+            self.config.attention_backend,
         )
+        if self.device.type == "cuda" and not config.disable_cuda_graph:
+            if self.attn_backend.supports_cuda_graph:
+                self.init_cuda_graphs()
+            else:
+                logger.info("CUDA graphs off: %s cannot be captured", config.attention_backend)
+
+    def _create_backend(self):
+        """The configured backend, or torch_native (with a warning naming the reason) when it
+        cannot serve this model, e.g. a head_dim its kernels do not support."""
+        cfg, mc = self.config, self.model_config
+        layers = self.model.attention_layers()
+        try:
+            return create_attention_backend(
+                cfg.attention_backend, head_dim=mc.head_dim, layers=layers
+            )
+        except ConfigError as e:
+            if cfg.attention_backend == "torch_native":
+                raise
+            logger.warning(
+                "attention_backend=%s cannot serve this model: %s; falling back to torch_native",
+                cfg.attention_backend,
+                e,
+            )
+            self.config = cfg = replace(cfg, attention_backend="torch_native")
+            return create_attention_backend("torch_native")
+
+    def init_cuda_graphs(self, ops: GraphOps | None = None, max_bs: int | None = None) -> None:
+        """Capture decode graphs (``ops``: CUDA graphs by default; tests pass a CPU stand-in)."""
+        cap = min(max_bs or self.config.cuda_graph_max_bs, self.limits.max_running_requests)
+        self.graph_runner = CudaGraphRunner(self, cap, ops)
+        self.graph_mb = self.graph_runner.capture()
 
     def _size_pools(self, context_len: int, weight_bytes: int) -> PoolLimits:
         mc, cfg = self.model_config, self.config
@@ -108,7 +152,7 @@ class ModelRunner:
         if cfg.max_total_tokens is not None:
             total = cfg.max_total_tokens
         else:
-            budget = _device_memory(self.device) * cfg.mem_fraction_static - weight_bytes
+            budget = _kv_budget(self.device, cfg.mem_fraction_static, weight_bytes)
             if budget <= per_token * 16:
                 raise ConfigError(
                     f"mem_fraction_static={cfg.mem_fraction_static} leaves no room for the KV pool "
@@ -146,6 +190,8 @@ class ModelRunner:
         """Run the model on ``fb``; writes the new KV and returns hidden states ``[T, hidden]``."""
         if fb.attn_metadata is None:
             self.prepare(fb)
+        if self.graph_runner is not None and self.graph_runner.can_run(fb):
+            return self.graph_runner.replay(fb)
         return self.model(fb, self.attn_backend)
 
     @torch.inference_mode()

@@ -163,6 +163,8 @@ class Engine:
             context_length=lim.max_req_len,
             max_req_input_len=lim.max_req_len - 1,
             dtype=str(self.runner.dtype).replace("torch.", ""),
+            attention_backend=self.runner.config.attention_backend,
+            cuda_graph_mb=self.runner.graph_mb,
         )
         info.update(self.scheduler.get_stats())
         return info

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from radixlm.engine.transfer import to_device
 from radixlm.errors import CapacityError
 
 
@@ -39,7 +40,7 @@ class ReqToTokenPool:
     def write_tokens(self, rows: list[int], cols: list[int], slots: torch.Tensor) -> None:
         """Set ``req_to_token[rows[i], cols[i]] = slots[i]`` for every i (one indexed write)."""
         dev = self.req_to_token.device
-        self.req_to_token[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = (
+        self.req_to_token[to_device(rows, torch.int64, dev), to_device(cols, torch.int64, dev)] = (
             slots.to(torch.int32)
         )
 

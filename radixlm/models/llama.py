@@ -116,6 +116,10 @@ class LlamaForCausalLM(nn.Module):
         x, _ = self.model.norm.forward_with_residual(x, residual)
         return x
 
+    def attention_layers(self) -> list[Attention]:
+        """Every attention layer, in order (each is an ``AttentionLayerSpec``)."""
+        return [layer.self_attn for layer in self.model.layers]
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()  # [N, vocab] fp32

@@ -44,6 +44,8 @@ class SchedulerReady:
     dtype: str
     device: str
     architecture: str
+    attention_backend: str = "torch_native"  # the one in use (after any fallback)
+    cuda_graph_mb: float = 0.0
 
 
 @dataclass

@@ -104,6 +104,8 @@ class SchedulerLoop:
             dtype=str(runner.dtype).replace("torch.", ""),
             device=str(runner.device),
             architecture=runner.model_config.architecture,
+            attention_backend=runner.config.attention_backend,
+            cuda_graph_mb=runner.graph_mb,
         )
         self.to_main.send(codec.encode(ready))
         self._last_beat = 0.0
