@@ -50,6 +50,12 @@ class EngineConfig:
         256, "largest decode batch replayed from a captured CUDA graph (padded to captured sizes)"
     )
     disable_cuda_graph: bool = _opt(False, "run decode batches eagerly on CUDA (no CUDA graphs)")
+    load_format: str = _opt(
+        "auto",
+        "auto = read the checkpoint's safetensors; dummy = random weights drawn on the device "
+        "(benchmarking a model shape from its config.json alone)",
+        ("auto", "dummy"),
+    )
     context_length: int | None = _opt(
         None, "max tokens per request (prompt + output); default: from config.json"
     )

@@ -76,7 +76,15 @@ class ModelRunner:
         mc = self.model_config
         self.dtype = resolve_dtype(config.dtype, mc.checkpoint_dtype, self.device)
         context_len = config.context_length or mc.max_position_embeddings
-        self.model = load_model(mc, config.model_path, self.dtype, self.device, context_len)
+        self.model = load_model(
+            mc,
+            config.model_path,
+            self.dtype,
+            self.device,
+            context_len,
+            config.load_format,
+            config.random_seed,
+        )
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.limits = self._size_pools(context_len, weight_bytes)
         lim = self.limits

@@ -117,8 +117,17 @@ def read_into(entry: TensorEntry, f: BinaryIO, dest: torch.Tensor) -> None:
 
 
 def load_model(
-    cfg: ModelConfig, model_path: str, dtype: torch.dtype, device: torch.device, max_positions: int
+    cfg: ModelConfig,
+    model_path: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    load_format: str = "auto",
+    seed: int = 0,
 ) -> nn.Module:
+    """Build the model for ``cfg`` and fill its weights from the checkpoint at ``model_path``;
+    ``load_format="dummy"`` draws random weights on ``device`` instead (benchmarks of a model
+    shape without its checkpoint: only ``config.json`` is read)."""
     cls = get_model_class(cfg.architecture)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -128,7 +137,10 @@ def load_model(
     finally:
         torch.set_default_dtype(previous)
     _materialize(model, device)
-    _load_weights(model, model_path)
+    if load_format == "dummy":
+        _random_weights(model, seed)
+    else:
+        _load_weights(model, model_path)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -148,6 +160,20 @@ def _materialize(model: nn.Module, device: torch.device) -> None:
         for name, b in module._buffers.items():
             if b is not None:
                 module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
+
+
+@torch.no_grad()
+def _random_weights(model: nn.Module, seed: int) -> None:
+    """N(0, 0.02) matrices and embeddings, unit norm weights, zero biases; drawn on the
+    parameters' device (an 8B model takes seconds on a GPU)."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith(".bias"):
+            p.zero_()
+        else:
+            p.normal_(0.0, 0.02, generator=gen)
 
 
 def _load_weights(model: nn.Module, model_path: str) -> None:

@@ -88,3 +88,23 @@ def test_dtypes(make_engine):
         assert abs(x[0] - y[0]) < 0.1
     fp16 = make_engine(dtype="float16")
     assert len(fp16.generate("Once upon a time", {"max_new_tokens": 4})["output_ids"]) == 4
+
+
+def test_dummy_load_format_needs_only_config(tmp_path, tiny_models, make_engine):
+    """``load_format="dummy"``: random weights from config.json alone, seeded, norms at 1."""
+    src = tiny_models["qwen3"]
+    for f in os.listdir(src):
+        if not f.endswith(".safetensors"):
+            shutil.copy(os.path.join(src, f), tmp_path)
+    params = {"temperature": 0, "max_new_tokens": 4, "ignore_eos": True}
+    outs = []
+    for seed in (1, 1, 2):
+        engine = make_engine(str(tmp_path), load_format="dummy", random_seed=seed)
+        named = dict(engine.runner.model.named_parameters())
+        assert all(bool((p == 1).all()) for n, p in named.items() if n.endswith("norm.weight"))
+        std = float(named["model.layers.0.mlp.down_proj.weight"].std())
+        assert 0.015 < std < 0.025
+        outs.append(engine.generate(input_ids=[5, 6, 7], sampling_params=params)["output_ids"])
+    assert outs[0] == outs[1]
+    with pytest.raises(ModelLoadError):  # the default format still insists on the weights
+        make_engine(str(tmp_path))
