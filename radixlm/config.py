@@ -203,9 +203,13 @@ class EngineConfig:
             raise ConfigError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.attention_backend == "auto":
             changes["attention_backend"] = _default_attention_backend(device)
-        elif self.attention_backend in ("triton", "flashinfer") and device != "cuda" and not (
-            # Triton's interpreter runs the kernels on CPU tensors (slowly): tests only
-            self.attention_backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+        elif (
+            self.attention_backend in ("triton", "flashinfer")
+            and device != "cuda"
+            and not (
+                # Triton's interpreter runs the kernels on CPU tensors (slowly): tests only
+                self.attention_backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+            )
         ):
             raise ConfigError(
                 f"attention_backend={self.attention_backend!r} needs device='cuda'; "
