@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from radixlm.attention.triton_ops import check_head_dim, dot_in_fp32, interpreting
+from radixlm.attention.triton_ops.paged import load_kv_tile, online_softmax_update
 
 #: Upper bound on KV splits; the reduce kernel loads all splits of one head at once.
 MAX_SPLITS = 16
@@ -99,24 +100,11 @@ def _decode_partial(
         mask_n = offs_n < hi
         slot = tl.load(KV_INDICES + kv_start + offs_n, mask=mask_n, other=0).to(tl.int64)
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(
-            K + slot[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        ).to(q.dtype)  # [N, D]
+        k = load_kv_tile(K, slot, kv_head, stride_kt, stride_kh, offs_d, kv_mask).to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [G, N]
         s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        v = tl.load(
-            V + slot[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        ).to(q.dtype)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        v = load_kv_tile(V, slot, kv_head, stride_vt, stride_vh, offs_d, kv_mask).to(q.dtype)
+        m_i, l_i, acc = online_softmax_update(s, v, m_i, l_i, acc, PRECISION)
 
     nonempty = l_i > 0
     out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
