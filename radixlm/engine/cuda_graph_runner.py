@@ -122,6 +122,7 @@ class CudaGraphRunner:
         backend.init_cuda_graph_state(n, max_kv_tokens, dev)
         self.graphs: dict[int, tuple[object, torch.Tensor]] = {}
 
+    @torch.inference_mode()
     def capture(self) -> float:
         """Capture every size (largest first, so smaller ones reuse its pool); returns MB used."""
         used0 = _device_used(self.device)
