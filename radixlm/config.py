@@ -98,10 +98,10 @@ class EngineConfig:
     )
     stream_interval: int = _opt(1, "emit streamed output every N decode steps")
     grammar_backend: str = _opt(
-        "outlines",
-        "constrained decoding backend: outlines (outlines-core DFA: fastest masks), llguidance "
-        "(fast compiles, more JSON Schema, ebnf; pip install llguidance), auto (outlines, "
-        "llguidance for what outlines cannot compile or compiles slowly), none",
+        "auto",
+        "constrained decoding backend: auto (outlines-core first, llguidance for what it cannot "
+        "compile or compiles slowly, and for ebnf; = outlines without llguidance installed), "
+        "outlines (outlines-core DFAs), llguidance (pip install llguidance), none",
         GRAMMAR_BACKENDS,
     )
     grammar_compile_timeout: float = _opt(

@@ -38,9 +38,11 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     sampling_seed: int | None = None
     stream_interval: int | None = None
-    # Constraints (at most one): a regex, or a JSON schema as JSON text.
+    # Constraints (at most one): a regex, a JSON schema as JSON text, or an EBNF (Lark / GBNF)
+    # grammar (served by the llguidance and auto grammar backends).
     regex: str | None = None
     json_schema: str | None = None
+    ebnf: str | None = None
 
     # ---- derived views -------------------------------------------------------------------
     @property
@@ -58,7 +60,7 @@ class SamplingParams:
     # ---- parsing -------------------------------------------------------------------------
     @classmethod
     def valid_keys(cls) -> list[str]:
-        return sorted([f.name for f in fields(cls)] + list(_UNSUPPORTED) + ["ebnf"])
+        return sorted([f.name for f in fields(cls)] + list(_UNSUPPORTED))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, vocab_size: int | None = None) -> SamplingParams:
@@ -67,7 +69,7 @@ class SamplingParams:
         if not isinstance(raw, dict):
             raise RequestError(f"sampling_params must be an object/dict, got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in raw if k not in known and k not in _UNSUPPORTED and k != "ebnf")
+        unknown = sorted(k for k in raw if k not in known and k not in _UNSUPPORTED)
         if unknown:
             raise RequestError(
                 f"unknown sampling parameter(s) {unknown}; valid keys: {', '.join(cls.valid_keys())}"
@@ -117,12 +119,12 @@ class SamplingParams:
         interval = v.get("stream_interval")
         if interval is not None:
             out["stream_interval"] = _int(v, "stream_interval", 1, lo=1)
-        out.update(_constraint({**v, "ebnf": raw.get("ebnf")}))
+        out.update(_constraint(v))
         return cls(**out)
 
     @property
     def is_constrained(self) -> bool:
-        return self.regex is not None or self.json_schema is not None
+        return self.regex is not None or self.json_schema is not None or self.ebnf is not None
 
 
 # Keys of the SGLang API that belong to features not built yet: accepted as null, rejected
@@ -131,13 +133,9 @@ _UNSUPPORTED = ("structural_tag", "stop_regex", "custom_params")
 
 
 def _constraint(v: dict) -> dict[str, Any]:
-    """``regex`` / ``json_schema`` (string, or an object that is serialised); ``ebnf`` is refused."""
-    if v.get("ebnf") not in (None, "", []):
-        raise RequestError(
-            "ebnf grammars are not supported by this server's grammar backend (outlines); "
-            "express the constraint as a regex or a JSON schema"
-        )
-    given = [k for k in ("regex", "json_schema") if v.get(k) not in (None, "")]
+    """``regex`` / ``json_schema`` (string, or an object that is serialised) / ``ebnf``; whether
+    the server's grammar backend takes ``ebnf`` is checked by the scheduler."""
+    given = [k for k in ("regex", "json_schema", "ebnf") if v.get(k) not in (None, "", [])]
     if len(given) > 1:
         raise RequestError("pass at most one of regex, json_schema and ebnf")
     if not given:

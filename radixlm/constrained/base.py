@@ -9,6 +9,9 @@
 
 Invariants: a matcher only ever advances by tokens it allowed; EOS is allowed exactly in final
 states; ``is_terminated()`` means "final and nothing but EOS is allowed" (the request ends).
+A backend refuses a spec it cannot handle with ``GrammarError``; when the spec is valid but
+beyond this backend (a missing feature, a size guard), with ``UnsupportedGrammarError``, so that
+``--grammar-backend auto`` can hand it to another backend.
 """
 
 from __future__ import annotations
@@ -19,8 +22,16 @@ from dataclasses import dataclass
 
 import torch
 
-# Spec kinds. ``dtype`` values: "int", "float", "bool", "str" (the frontend's gen(dtype=...)).
-KINDS = ("regex", "json_schema", "json_object", "choices", "dtype")
+from radixlm.errors import GrammarError
+
+# Spec kinds. ``dtype`` values: "int", "float", "bool", "str" (the frontend's gen(dtype=...));
+# ``ebnf``: a Lark or GBNF grammar (only backends whose ``kinds`` include it).
+KINDS = ("regex", "json_schema", "json_object", "choices", "dtype", "ebnf")
+
+
+class UnsupportedGrammarError(GrammarError):
+    """A valid spec that this backend cannot compile (a feature it lacks, one of its size
+    guards, its time budget); another backend may."""
 
 
 @dataclass(frozen=True)
@@ -29,14 +40,18 @@ class GrammarSpec:
     value: str  # regex | JSON schema text | "" (json_object) | JSON list of strings | dtype name
 
     @classmethod
-    def from_request(cls, regex: str | None, json_schema: str | None) -> GrammarSpec | None:
-        """The spec of a request's ``regex`` / ``json_schema`` sampling parameters.
+    def from_request(
+        cls, regex: str | None, json_schema: str | None, ebnf: str | None = None
+    ) -> GrammarSpec | None:
+        """The spec of a request's ``regex`` / ``json_schema`` / ``ebnf`` sampling parameters.
 
         The schema ``{"type": "object"}`` (what OpenAI's JSON mode maps to) means "any JSON
         object": the ``json_object`` kind, with its bounded nesting depth.
         """
         if regex is not None:
             return cls("regex", regex)
+        if ebnf is not None:
+            return cls("ebnf", ebnf)
         if json_schema is None:
             return None
         try:
@@ -91,10 +106,18 @@ class CompiledGrammar(ABC):
 
 class GrammarBackend(ABC):
     vocab_size: int  # rows of the model's logits (may exceed the tokenizer's vocabulary)
+    kinds: tuple[str, ...] = KINDS  # the spec kinds ``compile`` accepts
+
+    def supports(self, kind: str) -> bool:
+        """Whether ``compile`` accepts specs of ``kind`` at all (a request can be refused early)."""
+        return kind in self.kinds
 
     @abstractmethod
     def compile(self, spec: GrammarSpec) -> CompiledGrammar:
         """Slow: build the FSM. Raises ``GrammarError`` naming the problem for a bad spec."""
+
+    def close(self) -> None:  # noqa: B027 (an optional hook: most backends own no threads)
+        """Release the backend's own threads, if any (compiled grammars stay usable)."""
 
     def allocate_mask(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """``[batch_size, ceil(vocab_size / 32)]`` int32, all tokens allowed (-1)."""

@@ -38,7 +38,14 @@ import numpy as np
 import torch
 from outlines_core import Index, Vocabulary
 
-from radixlm.constrained.base import CompiledGrammar, GrammarBackend, GrammarMatcher, GrammarSpec
+from radixlm.constrained.base import (
+    KINDS,
+    CompiledGrammar,
+    GrammarBackend,
+    GrammarMatcher,
+    GrammarSpec,
+    UnsupportedGrammarError,
+)
 from radixlm.constrained.specs import SpecLimits, spec_to_regex
 from radixlm.constrained.vocabulary import TokenVocabulary, build_token_vocabulary
 from radixlm.errors import ConfigError, GrammarError
@@ -96,6 +103,8 @@ class OutlinesBackend(GrammarBackend):
     ``mask_cache_bytes`` bounds the per-state mask rows kept for all grammars together.
     """
 
+    kinds = tuple(k for k in KINDS if k != "ebnf")
+
     def __init__(
         self,
         tokenizer: Any,
@@ -128,11 +137,18 @@ class OutlinesBackend(GrammarBackend):
         *,
         max_transitions: int = 50_000_000,
         mask_cache_bytes: int = 64 << 20,
+        unenforced: str = "ignore",
+        max_spec_chars: int = 100_000,
     ) -> OutlinesBackend:
-        """A backend over a prepared vocabulary (tests, custom tokenizers)."""
+        """A backend over a prepared vocabulary (tests, custom tokenizers, ``auto``)."""
         self = cls.__new__(cls)
         size = vocabulary.size if vocab_size is None else vocab_size
-        limits = SpecLimits(whitespace_pattern=whitespace_pattern, max_depth=max_depth)
+        limits = SpecLimits(
+            whitespace_pattern=whitespace_pattern,
+            max_depth=max_depth,
+            unenforced=unenforced,
+            max_spec_chars=max_spec_chars,
+        )
         self._setup(vocabulary, size, limits, max_transitions, mask_cache_bytes)
         return self
 
@@ -183,7 +199,7 @@ class OutlinesBackend(GrammarBackend):
                     f"the {spec.kind} constraint needs characters this model's tokenizer cannot "
                     f"produce; change the constraint (regex: {regex[:200]!r})"
                 ) from e
-            raise GrammarError(
+            raise UnsupportedGrammarError(
                 f"the {spec.kind} constraint is not supported by the outlines grammar engine "
                 f"({e}); lookarounds, backreferences and Unicode word boundaries are not "
                 f"supported (regex: {regex[:200]!r})"

@@ -9,10 +9,21 @@ fail those keywords. By default (``--json-schema-unenforced ignore``, SGLang's b
 schemas are decoded best-effort and the dropped keywords are logged; ``reject`` refuses them
 with a 400 naming each keyword. (``format`` is an annotation in JSON Schema, not an assertion,
 so unknown formats are not counted.)
+
+It also rewrites what outlines-core 0.2.14 converts wrongly, so that every output still
+validates: ``const``/``enum`` values holding objects or arrays (their keys would be spliced into
+the regex unescaped: ``{"a.b": 1}`` also matched ``{"aXb": 1}``, a quote in a key made invalid
+JSON) become placeholders that ``specs.py`` replaces by regexes of its own
+(``isolate_container_literals``, ``literal_regex``); ``pattern`` anchors are stripped per
+top-level branch (``^a$|^b$``) and a pattern with top-level branches is grouped (``a|b`` was
+spliced as ``"a|b"``); property names that JSON must escape are reported
+(``unescaped_property_names``) so that the backend refuses them. For llguidance,
+``closed_objects`` gives objects outlines-core's default of no extra properties.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 UNENFORCED_KEYWORDS = frozenset(
@@ -108,7 +119,7 @@ def json_safe_pattern(pattern: str) -> str:
 
 
 def with_json_safe_patterns(schema: Any) -> Any:
-    """A copy of ``schema`` with every string ``pattern`` narrowed by ``json_safe_pattern``."""
+    """A copy of ``schema`` with every string ``pattern`` rewritten by ``pattern_for_outlines``."""
     if isinstance(schema, list):
         return [with_json_safe_patterns(x) for x in schema]
     if not isinstance(schema, dict):
@@ -116,9 +127,224 @@ def with_json_safe_patterns(schema: Any) -> Any:
     out = {}
     for key, value in schema.items():
         if key == "pattern" and isinstance(value, str):
-            out[key] = json_safe_pattern(value)
+            out[key] = pattern_for_outlines(value)
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: with_json_safe_patterns(sub) for name, sub in value.items()}
         elif key in ("enum", "const", "default", "examples"):
             out[key] = value
         else:
             out[key] = with_json_safe_patterns(value)
     return out
+
+
+def pattern_for_outlines(pattern: str) -> str:
+    """A schema ``pattern`` as outlines-core must receive it: anchors stripped per branch,
+    narrowed by ``json_safe_pattern``, and grouped when it has top-level branches.
+
+    NOTE: outlines-core splices the pattern between the quotes ungrouped, so ``a|b`` became
+    ``"a|b"``, which also matched the unterminated ``"a``.
+    """
+    narrowed = json_safe_pattern(strip_anchors(pattern))
+    return f"(?:{narrowed})" if len(top_level_branches(narrowed)) > 1 else narrowed
+
+
+# ---- anchors ------------------------------------------------------------------------------------
+
+
+def strip_anchors(regex: str) -> str:
+    """Drop a leading ``^``/``\\A`` and a trailing unescaped ``$``/``\\z`` of every top-level
+    branch: the output is always matched as a whole, so they are redundant (``^a$|^b$`` ->
+    ``a|b``), and the backends append to the regex."""
+    return "|".join(_strip_branch(b) for b in top_level_branches(regex))
+
+
+def _strip_branch(regex: str) -> str:
+    for head in ("^", "\\A"):
+        if regex.startswith(head):
+            regex = regex[len(head) :]
+    for tail in ("$", "\\z"):
+        body = regex[: -len(tail)]
+        backslashes = len(body) - len(body.rstrip("\\"))
+        if regex.endswith(tail) and backslashes % 2 == 0:
+            regex = body
+    return regex
+
+
+def top_level_branches(regex: str) -> list[str]:
+    """``regex`` split at every ``|`` outside groups and character classes."""
+    branches, start, depth, i, n = [], 0, 0, 0, len(regex)
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":  # skip the class; a ``]`` right after ``[`` or ``[^`` is a literal
+            i += 2 if regex.startswith("[^", i) else 1
+            i += regex.startswith("]", i)
+            while i < n and regex[i] != "]":
+                i += 2 if regex[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            branches.append(regex[start:i])
+            start = i + 1
+        i += 1
+    return [*branches, regex[start:]]
+
+
+# ---- const / enum values with objects or arrays -------------------------------------------------
+
+_PLACEHOLDER = "\ue000radixlm{}\ue001"  # private-use code points: never in a real schema
+_DATA_KEYS = ("enum", "const", "default", "examples", "required")
+
+
+def placeholder_regex(index: int) -> str:
+    """What outlines-core makes of the string const that stands for literal list ``index``."""
+    return f'"{_PLACEHOLDER.format(index)}"'
+
+
+def isolate_container_literals(schema: Any) -> tuple[Any, list[list[Any]]]:
+    """A copy of ``schema`` in which every subschema whose ``const``/``enum`` holds an object or
+    array is replaced by ``{"const": <placeholder i>}``, and the value lists (entry ``i``: the
+    values subschema ``i`` allows). Values that fail the subschema's other keywords are
+    dropped (outlines would ignore those keywords), unless they use ``$ref``."""
+    found: list[list[Any]] = []
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, list):
+            return [visit(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        values = _literal_values(node)
+        if values is not None and any(isinstance(v, (dict, list)) for v in values):
+            found.append(_filter_by_siblings(node, values))
+            return {"const": _PLACEHOLDER.format(len(found) - 1)}
+        out = {}
+        for key, value in node.items():
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {name: visit(sub) for name, sub in value.items()}
+            elif key in _DATA_KEYS:
+                out[key] = value
+            else:
+                out[key] = visit(value)
+        return out
+
+    return visit(schema), found
+
+
+def _literal_values(node: dict) -> list[Any] | None:
+    if "const" in node:
+        return [node["const"]]
+    enum = node.get("enum")
+    return list(enum) if isinstance(enum, list) else None
+
+
+def _filter_by_siblings(node: dict, values: list[Any]) -> list[Any]:
+    import jsonschema
+
+    rest = {k: v for k, v in node.items() if k not in ("const", "enum")}
+    if "$ref" in json.dumps(rest):
+        return values
+    validator = jsonschema.validators.validator_for(rest)(rest)
+    return [v for v in values if validator.is_valid(v)]
+
+
+def literal_regex(value: Any, whitespace: str, escape: Any) -> str:
+    """A regex matching ``value`` as JSON, with ``whitespace`` where outlines-core puts it;
+    ``escape`` turns literal text into a regex."""
+    ws = f"(?:{whitespace})" if whitespace else ""
+    if isinstance(value, dict):
+        items = [
+            f"{escape(json.dumps(k, ensure_ascii=False))}{ws}:{ws}"
+            f"{literal_regex(v, whitespace, escape)}"
+            for k, v in value.items()
+        ]
+        return rf"\{{{ws}" + f"{ws},{ws}".join(items) + rf"{ws}\}}"
+    if isinstance(value, list):
+        items = [literal_regex(v, whitespace, escape) for v in value]
+        return rf"\[{ws}" + f"{ws},{ws}".join(items) + rf"{ws}\]"
+    return escape(json.dumps(value, ensure_ascii=False))
+
+
+def unescaped_property_names(schema: Any) -> list[str]:
+    """Property names (in ``properties``/``required``) that JSON must escape (a quote, a
+    backslash or a control character): outlines-core writes them into the regex raw."""
+    found: list[str] = []
+    if isinstance(schema, list):
+        for item in schema:
+            found += unescaped_property_names(item)
+    elif isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "properties" and isinstance(value, dict):
+                found += [n for n in value if json.dumps(n, ensure_ascii=False)[1:-1] != n]
+                for sub in value.values():
+                    found += unescaped_property_names(sub)
+            elif key not in _DATA_KEYS:
+                found += unescaped_property_names(value)
+    return found
+
+
+# ---- additionalProperties ------------------------------------------------------------------------
+
+_COMBINATORS = ("anyOf", "oneOf", "allOf", "$ref")
+_OBJECT_KEYWORDS = ("properties", "required", "additionalProperties", "patternProperties")
+
+
+def closed_objects(schema: Any) -> Any:
+    """A copy of ``schema`` in which every object subschema with ``properties`` and no word on
+    extra properties gets ``"additionalProperties": false`` — what outlines-core assumes — unless
+    it requires a property that ``properties`` does not list.
+
+    NOTE: JSON Schema allows extra properties by default and llguidance honours that, so a model
+    may keep inventing properties until ``max_new_tokens``; closing the objects keeps both
+    backends (and ``auto``) to the same outputs. A schema that intersects object schemas
+    (``allOf``, or object keywords next to ``anyOf``/``oneOf``/``$ref``) is left as it is:
+    closing one side of an intersection would reject the other side's properties.
+    """
+    if _intersects_objects(schema):
+        return schema
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, list):
+            return [visit(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                out[key] = {name: visit(sub) for name, sub in value.items()}
+            elif key in _DATA_KEYS:
+                out[key] = value
+            else:
+                out[key] = visit(value)
+        extra = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+        props, required = node.get("properties"), node.get("required") or []
+        if (
+            isinstance(props, dict)
+            and not any(k in node for k in extra)
+            and all(name in props for name in required if isinstance(name, str))
+        ):
+            out["additionalProperties"] = False
+        return out
+
+    return visit(schema)
+
+
+def _intersects_objects(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_intersects_objects(x) for x in node)
+    if not isinstance(node, dict):
+        return False
+    if "allOf" in node or (
+        any(k in node for k in _COMBINATORS) and any(k in node for k in _OBJECT_KEYWORDS)
+    ):
+        return True
+    for key, value in node.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            if any(_intersects_objects(sub) for sub in value.values()):
+                return True
+        elif key not in _DATA_KEYS and _intersects_objects(value):
+            return True
+    return False

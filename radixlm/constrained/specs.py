@@ -1,14 +1,17 @@
 """Grammar specs → one regular expression that the whole output must match (fullmatch).
 
-Kinds (``base.KINDS``): ``regex`` (checked, ``^``/``$`` at the ends dropped), ``json_schema``
+Kinds (``base.KINDS`` but ``ebnf``): ``regex`` (checked, ``^``/``$`` at the ends of each
+top-level branch dropped), ``json_schema``
 (outlines-core's converter), ``json_object`` (any JSON object, nesting bounded by
 ``max_depth``), ``choices`` (a JSON list of strings, matched literally) and ``dtype`` (the
 SGLang frontend's ``gen(dtype=...)`` patterns).
 
 Invariants: every function here either returns a regex that Python's ``re`` accepts and whose
 estimated expansion is within the limits, or raises ``GrammarError`` naming the problem and how
-to fix it. Nothing here touches a vocabulary; see ``regex_cost`` for the size estimate the
-backend checks against its vocabulary.
+to fix it — ``UnsupportedGrammarError`` when the spec is valid but beyond the outlines
+conversion or over a size limit (``--grammar-backend auto`` then tries llguidance). Nothing
+here touches a vocabulary; see ``regex_cost`` for the size estimate the backend checks against
+its vocabulary.
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ from outlines_core.json_schema import (
     build_regex_from_schema,
 )
 
-from radixlm.constrained.base import KINDS, GrammarSpec
-from radixlm.constrained.schema_support import unenforced_keywords, with_json_safe_patterns
+from radixlm.constrained.base import KINDS, GrammarSpec, UnsupportedGrammarError
+from radixlm.constrained.schema_support import (
+    isolate_container_literals,
+    literal_regex,
+    placeholder_regex,
+    strip_anchors,
+    unenforced_keywords,
+    unescaped_property_names,
+    with_json_safe_patterns,
+)
 from radixlm.errors import GrammarError
 
 logger = logging.getLogger(__name__)
@@ -94,7 +105,13 @@ def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
     limits = limits or SpecLimits()
     if spec.kind not in KINDS:
         raise GrammarError(f"unknown grammar kind {spec.kind!r}; expected one of {list(KINDS)}")
-    if len(spec.value) > limits.max_spec_chars:
+    if spec.kind == "ebnf":
+        raise UnsupportedGrammarError(
+            "ebnf grammars are not supported by the outlines grammar backend; start the server "
+            "with --grammar-backend llguidance or auto (pip install llguidance), or express the "
+            "constraint as a regex or a JSON schema"
+        )
+    if len(spec.value) > limits.max_spec_chars:  # the operator's limit, for every backend
         raise GrammarError(
             f"the {spec.kind} constraint has {len(spec.value)} characters, more than the limit "
             f"of {limits.max_spec_chars}; send a smaller one"
@@ -114,19 +131,27 @@ def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
                 f"unknown dtype {spec.value!r}; expected one of {list(DTYPE_REGEXES)}"
             )
     if len(regex) > limits.max_regex_chars:
-        raise GrammarError(
+        raise UnsupportedGrammarError(
             f"the {spec.kind} constraint becomes a regex of {len(regex)} characters, more than the "
             f"limit of {limits.max_regex_chars}; simplify it (fewer properties, enums or bounds)"
         )
-    cost = regex_cost(regex, what=f"the {spec.kind} constraint")
+    try:
+        cost = regex_cost(regex, what=f"the {spec.kind} constraint")
+    except UnsupportedGrammarError:
+        raise
+    except GrammarError as e:
+        if spec.kind != "json_schema":
+            raise
+        # The schema was valid: its regex is what the outlines conversion cannot express.
+        raise UnsupportedGrammarError(str(e)) from e
     if cost.atoms > limits.max_regex_expansion:
-        raise GrammarError(
+        raise UnsupportedGrammarError(
             f"the {spec.kind} constraint unrolls to about {cost.atoms} regex atoms, more than the "
             f"limit of {limits.max_regex_expansion}; lower its repeat counts ({{m,n}}, maxLength, "
             "maxItems)"
         )
     if limits.max_wide_positions is not None and cost.wide > limits.max_wide_positions:
-        raise GrammarError(
+        raise UnsupportedGrammarError(
             f"the {spec.kind} constraint allows free text at about {cost.wide} positions after "
             f"unrolling its bounds, more than the limit of {limits.max_wide_positions} for this "
             "model's vocabulary (the FSM would be too large); lower maxLength/maxItems or the "
@@ -135,23 +160,8 @@ def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
     return regex
 
 
-def strip_anchors(regex: str) -> str:
-    """Drop a leading ``^``/``\\A`` and a trailing unescaped ``$``/``\\z``: the output is always
-    matched as a whole, so they are redundant (and the backend appends to the regex)."""
-    for head in ("^", "\\A"):
-        if regex.startswith(head):
-            regex = regex[len(head) :]
-    for tail in ("$", "\\z"):
-        body = regex[: -len(tail)]
-        backslashes = len(body) - len(body.rstrip("\\"))
-        if regex.endswith(tail) and backslashes % 2 == 0:
-            regex = body
-    return regex
-
-
-def json_schema_regex(
-    schema: str, whitespace_pattern: str | None = None, unenforced: str = "ignore"
-) -> str:
+def check_json_schema(schema: str) -> dict:
+    """The parsed schema; ``GrammarError`` unless it is a JSON object and a valid JSON Schema."""
     try:
         parsed = json.loads(schema)
     except json.JSONDecodeError as e:
@@ -162,27 +172,56 @@ def json_schema_regex(
             'for example {"type": "object", "properties": {...}}'
         )
     _check_schema(parsed)
+    return parsed
+
+
+def json_schema_regex(
+    schema: str, whitespace_pattern: str | None = None, unenforced: str = "ignore"
+) -> str:
+    parsed = check_json_schema(schema)
     dropped = unenforced_keywords(parsed)
     if dropped:
         more = f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else ""
         listed = f"{'; '.join(dropped[:5])}{more}"
         if unenforced == "reject":
-            raise GrammarError(
+            raise UnsupportedGrammarError(
                 f"json_schema uses keywords this server cannot enforce while decoding: {listed}. "
                 "Remove them, or ask the operator for --json-schema-unenforced ignore"
             )
         logger.warning("json_schema keywords not enforced while decoding: %s", listed)
-    try:
-        return build_regex_from_schema(
-            json.dumps(with_json_safe_patterns(parsed)), whitespace_pattern
+    escaped = unescaped_property_names(parsed)
+    if escaped:
+        raise UnsupportedGrammarError(
+            f"json_schema has property names with quotes, backslashes or control characters "
+            f"({', '.join(map(repr, escaped[:3]))}), which the outlines converter cannot "
+            "express; rename them, or ask the operator for --grammar-backend auto"
         )
+    rewritten, literals = isolate_container_literals(with_json_safe_patterns(parsed))
+    try:
+        regex = build_regex_from_schema(json.dumps(rewritten), whitespace_pattern)
     except ValueError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else "unknown error"
-        raise GrammarError(
+        raise UnsupportedGrammarError(
             f"unsupported json_schema: {first_line}; supported: type, properties, required, "
             "items, enum, const, anyOf/oneOf/allOf, $ref to local $defs, string "
             "minLength/maxLength/pattern/format, array minItems/maxItems"
         ) from e
+    ws = whitespace_pattern if whitespace_pattern is not None else WHITESPACE
+    for i, values in enumerate(literals):
+        if not values:
+            raise GrammarError(
+                "json_schema has a const/enum none of whose values satisfies the keywords "
+                "next to it; no output can validate"
+            )
+        alternatives = "|".join(literal_regex(v, ws, escape_literal) for v in values)
+        placeholder = placeholder_regex(i)
+        if placeholder not in regex:  # the converter rendered the placeholder unexpectedly
+            raise UnsupportedGrammarError(
+                "json_schema has a const/enum with objects or arrays in a place the outlines "
+                "converter cannot take; ask the operator for --grammar-backend auto"
+            )
+        regex = regex.replace(placeholder, f"(?:{alternatives})")
+    return regex
 
 
 def _check_schema(schema: dict) -> None:
@@ -244,7 +283,7 @@ def regex_cost(regex: str, what: str = "the regex") -> RegexCost:
     except re.error as e:
         error = e
     except RecursionError as e:
-        raise GrammarError(f"{what} nests too deeply; simplify it") from e
+        raise UnsupportedGrammarError(f"{what} nests too deeply; simplify it") from e
     stand_in = regex
     for pattern, replacement in _RUST_ONLY_SYNTAX:
         stand_in = pattern.sub(replacement, stand_in)

@@ -1,6 +1,6 @@
 """Constrained requests in the scheduler: compile off-thread, mask, advance, finish, jump.
 
-- ``submit``: a request with ``regex`` / ``json_schema`` waits in the grammar queue while its
+- ``submit``: a request with ``regex`` / ``json_schema`` / ``ebnf`` waits in the grammar queue while its
   grammar compiles on the compiler's thread pool (identical specs compile once); ``poll``
   releases it to the waiting queue, or fails it with the compile error (a 400).
 - ``fill_mask``: right before a batch runs, one bitmask row per sampled request (all ones for
@@ -20,6 +20,7 @@ import torch
 
 from radixlm.config import EngineConfig
 from radixlm.constrained.jump_forward import retokenize_with_forced
+from radixlm.engine.transfer import pinned_to_device
 from radixlm.errors import GrammarError, RequestError
 from radixlm.scheduler.batch import ScheduleBatch
 from radixlm.scheduler.req import Req
@@ -38,21 +39,26 @@ class GrammarManager:
         self.queue: list[Req] = []  # waiting for their grammar to compile
         self._backend = None
         self._compiler = None
+        if config.grammar_backend == "llguidance":  # fail at start-up, not at the first request
+            from radixlm.constrained.llguidance_backend import _llguidance
+
+            _llguidance()
 
     # ---- compile -------------------------------------------------------------------------
     def _ensure_compiler(self) -> Any:
         if self._compiler is None:
             if self.config.grammar_backend == "none":
                 raise RequestError(
-                    "this server runs with --grammar-backend none; regex / json_schema "
+                    "this server runs with --grammar-backend none; regex / json_schema / ebnf "
                     "constraints are disabled"
                 )
             if self.tokenizer is None:
                 raise RequestError("constrained decoding needs a tokenizer (skip_tokenizer_init)")
+            from radixlm.constrained.backends import create_backend
             from radixlm.constrained.compiler import GrammarCompiler
-            from radixlm.constrained.outlines_backend import OutlinesBackend
 
-            self._backend = OutlinesBackend(
+            self._backend = create_backend(
+                self.config.grammar_backend,
                 self.tokenizer,
                 self.vocab_size,
                 self.eos_ids,
@@ -69,6 +75,13 @@ class GrammarManager:
         """Raise RequestError now if constrained requests cannot be served at all."""
         if req.grammar_spec is not None:
             self._ensure_compiler()
+            kind = req.grammar_spec.kind
+            if not self._backend.supports(kind):
+                raise RequestError(
+                    f"{kind} grammars are not supported by this server's grammar backend "
+                    f"({self.config.grammar_backend}); start it with --grammar-backend "
+                    "llguidance or auto, or express the constraint as a regex or a JSON schema"
+                )
 
     def submit(self, req: Req) -> None:
         req.grammar_job = self._ensure_compiler().submit(req.grammar_spec)
@@ -107,7 +120,7 @@ class GrammarManager:
         for row, req in enumerate(reqs):
             if req.grammar is not None and not req.finished:
                 req.grammar.fill_mask(mask, row)
-        batch.vocab_mask = mask.to(device, non_blocking=True)
+        batch.vocab_mask = pinned_to_device(mask, device)  # no host sync on CUDA
 
     def accept(self, req: Req, token: int) -> bool:
         """Advance by the request's new token; True if the grammar says the output is done."""
@@ -147,3 +160,4 @@ class GrammarManager:
     def close(self) -> None:
         if self._compiler is not None:
             self._compiler.close()
+            self._backend.close()

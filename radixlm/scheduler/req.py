@@ -15,6 +15,7 @@ import torch
 
 from radixlm.constrained.base import GrammarSpec
 from radixlm.engine.sampler import SamplingRow
+from radixlm.engine.transfer import to_device
 from radixlm.errors import RequestError
 from radixlm.sampling_params import SamplingParams
 from radixlm.scheduler.io import TokenizedRequest
@@ -119,7 +120,7 @@ class Req:
                 f"{max_req_len - 1} (context length {max_req_len}); shorten the prompt"
             )
         stop_ids = tuple(sp.stop_token_ids) + (() if sp.ignore_eos else eos_ids)
-        spec = GrammarSpec.from_request(sp.regex, sp.json_schema)
+        spec = GrammarSpec.from_request(sp.regex, sp.json_schema, sp.ebnf)
         return cls(
             rid=tr.rid,
             origin_input_ids=list(tr.input_ids),
@@ -184,10 +185,10 @@ class Req:
             return
         self.output_counts = torch.zeros(vocab_size, dtype=torch.int32, device=device)
         self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        ids = torch.tensor(self.fill_ids, dtype=torch.int64, device=device)
+        ids = to_device(self.fill_ids, torch.int64, device)
         self.seen[ids] = True
         if self.output_ids:
-            out = torch.tensor(self.output_ids, dtype=torch.int64, device=device)
+            out = to_device(self.output_ids, torch.int64, device)
             self.output_counts.index_add_(0, out, torch.ones_like(out, dtype=torch.int32))
 
     def sampling_row(self, vocab_size: int, device: torch.device) -> SamplingRow:

@@ -1,5 +1,6 @@
 """60 real JSONSchemaBench schemas: every output that completes validates against its schema —
-with a random-weight model and with stories260K, greedy and sampled (temperature 1)."""
+with a random-weight model and with stories260K, greedy and sampled (temperature 1), on the
+outlines, auto and llguidance grammar backends (the last on a third of them)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,30 @@ def _load(name: str) -> dict:
         return json.load(f)
 
 
-@pytest.mark.parametrize("model", ["stories", "qwen2"])
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_real_schemas_validate(make_engine, tiny_models, model, temperature):
+@pytest.mark.parametrize(
+    "model, temperature, backend",
+    [
+        ("stories", 0.0, "outlines"),  # every schema on outlines-core alone
+        ("stories", 1.0, "auto"),  # the default: outlines-core, llguidance for the slow ones
+        ("qwen2", 0.0, "auto"),
+        ("qwen2", 1.0, "auto"),
+    ],
+)
+def test_real_schemas_validate(make_engine, tiny_models, model, temperature, backend):
     assert len(SCHEMAS) >= 50
-    engine = make_engine(None if model == "stories" else tiny_models[model])
-    schemas = [_load(n) for n in SCHEMAS]
+    model_path = None if model == "stories" else tiny_models[model]
+    engine = make_engine(model_path, grammar_backend=backend)
+    _check_schemas(engine, SCHEMAS, temperature)
+
+
+def test_real_schemas_validate_with_llguidance(make_engine):
+    pytest.importorskip("llguidance")
+    engine = make_engine(grammar_backend="llguidance")
+    _check_schemas(engine, SCHEMAS[::3], 1.0)
+
+
+def _check_schemas(engine, names: list[str], temperature: float) -> None:
+    schemas = [_load(n) for n in names]
     params = [
         {"json_schema": json.dumps(s), "temperature": temperature, "max_new_tokens": 160,
          "sampling_seed": i}
@@ -31,7 +50,7 @@ def test_real_schemas_validate(make_engine, tiny_models, model, temperature):
     ]  # fmt: skip
     results = engine.generate(["Here is the JSON object:\n"] * len(schemas), params)
     completed = 0
-    for name, schema, r in zip(SCHEMAS, schemas, results):
+    for name, schema, r in zip(names, schemas, results):
         reason = r["meta_info"]["finish_reason"]["type"]
         assert reason in ("stop", "length"), (name, r["meta_info"])
         if reason == "length":

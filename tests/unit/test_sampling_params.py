@@ -143,7 +143,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"regex": 5}, "regex"),
     ({"json_schema": 3.5}, "json_schema"),
     ({"regex": "a+", "json_schema": "{}"}, "at most one of regex"),
-    ({"ebnf": "root ::= 'a'"}, "ebnf"),
+    ({"ebnf": 5}, "ebnf"),
+    ({"regex": "a+", "ebnf": "root ::= 'a'"}, "at most one of regex"),
 ]
 
 
@@ -151,6 +152,7 @@ def test_constraints_are_kept() -> None:
     assert SamplingParams.from_dict({"regex": "a+"}).regex == "a+"
     sp = SamplingParams.from_dict({"json_schema": {"type": "object"}})
     assert sp.json_schema == '{"type": "object"}' and sp.is_constrained
+    assert SamplingParams.from_dict({"ebnf": "root ::= 'a'"}).ebnf == "root ::= 'a'"
 
 
 @pytest.mark.parametrize(("raw", "field"), BAD, ids=[repr(r) for r, _ in BAD])
