@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from radixlm.errors import GrammarError
+from radixlm.errors import ConfigError, GrammarError
 
 # Spec kinds. ``dtype`` values: "int", "float", "bool", "str" (the frontend's gen(dtype=...));
 # ``ebnf``: a Lark or GBNF grammar (only backends whose ``kinds`` include it).
@@ -118,6 +119,21 @@ class GrammarBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 (an optional hook: most backends own no threads)
         """Release the backend's own threads, if any (compiled grammars stay usable)."""
+
+    def _bind(self, vocab: Any, vocab_size: int, limits: Any) -> None:
+        """Set the vocabulary fields every backend shares (``vocab``: a ``TokenVocabulary``,
+        ``limits``: ``SpecLimits``). Ids ``>= limit`` (model padding rows) are never allowed."""
+        if not 1 <= limits.max_depth <= 8:
+            raise ConfigError(
+                f"the json_object max_depth must be in [1, 8], got {limits.max_depth}"
+            )
+        self.vocab = vocab
+        self.vocab_size = vocab_size
+        self.words = (vocab_size + 31) // 32
+        self.limit = min(vocab.size, vocab_size)  # real ids are below this
+        self.eos_token_ids = tuple(i for i in vocab.eos_token_ids if 0 <= i < vocab_size)
+        self.eos_set = frozenset(self.eos_token_ids)
+        self.limits = limits
 
     def allocate_mask(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """``[batch_size, ceil(vocab_size / 32)]`` int32, all tokens allowed (-1)."""

@@ -182,17 +182,7 @@ class LLGuidanceBackend(GrammarBackend):
         self, vocab: TokenVocabulary, vocab_size: int, limits: SpecLimits, tokenizer: Any
     ) -> None:
         llg = _llguidance()
-        if not 1 <= limits.max_depth <= 8:
-            raise ConfigError(
-                f"the json_object max_depth must be in [1, 8], got {limits.max_depth}"
-            )
-        self.vocab = vocab
-        self.vocab_size = vocab_size
-        self.words = (vocab_size + 31) // 32
-        self.limit = min(vocab.size, vocab_size)  # real ids are below this
-        self.eos_token_ids = tuple(i for i in vocab.eos_token_ids if 0 <= i < vocab_size)
-        self.eos_set = frozenset(self.eos_token_ids)
-        self.limits = limits
+        self._bind(vocab, vocab_size, limits)
         self._tokenizer = tokenizer
         self._ll_tokenizer: Any = None
         self._lock = threading.Lock()

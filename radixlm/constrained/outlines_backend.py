@@ -48,7 +48,7 @@ from radixlm.constrained.base import (
 )
 from radixlm.constrained.specs import SpecLimits, spec_to_regex
 from radixlm.constrained.vocabulary import TokenVocabulary, build_token_vocabulary
-from radixlm.errors import ConfigError, GrammarError
+from radixlm.errors import GrammarError
 
 DONE = -1  # matcher state after an EOS was accepted
 SENTINEL = chr(0x10FFFF)  # ends every compiled regex; real output never contains it (see NOTE)
@@ -160,16 +160,7 @@ class OutlinesBackend(GrammarBackend):
         max_transitions: int,
         mask_cache_bytes: int,
     ) -> None:
-        if not 1 <= limits.max_depth <= 8:
-            raise ConfigError(
-                f"the json_object max_depth must be in [1, 8], got {limits.max_depth}"
-            )
-        self.vocab = vocab
-        self.vocab_size = vocab_size
-        self.words = (vocab_size + 31) // 32
-        self.limit = min(vocab.size, vocab_size)  # real ids are below this
-        self.eos_token_ids = tuple(i for i in vocab.eos_token_ids if 0 <= i < vocab_size)
-        self.eos_set = frozenset(self.eos_token_ids)
+        self._bind(vocab, vocab_size, limits)
         self.sentinel_id = max(vocab.size, vocab_size)
         groups: dict[bytes, list[int]] = {}
         for piece, ids in vocab.ids_by_bytes.items():
