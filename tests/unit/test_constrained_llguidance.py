@@ -4,13 +4,10 @@ EOS / rollback / jump-forward semantics, ebnf, and random walks on real tokenize
 from __future__ import annotations
 
 import json
-import random
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
-import numpy as np
 import pytest
 import torch
 
@@ -262,27 +259,6 @@ def test_gpt2_mask_has_exactly_the_allowed_ids(gpt2) -> None:
         assert all(d.isdigit() and len(text) + len(d) <= 3 for d in digits)
         assert bool(digits) == (len(text) < 3)
     assert m.is_terminated()
-
-
-def test_gpt2_mask_fill_microbenchmark(gpt2) -> None:
-    _, backend = gpt2
-    grammar = backend.compile(GrammarSpec("json_schema", json.dumps(PERSON)))
-    mask, times = backend.allocate_mask(8), []
-    for seed in range(3):
-        m, rng = grammar.matcher(), random.Random(seed)
-        for _ in range(40):
-            start = time.perf_counter()
-            m.fill_mask(mask, 3)
-            times.append(time.perf_counter() - start)
-            ids = sorted(allowed(m, backend) - set(backend.eos_token_ids))
-            if m.is_terminated() or not ids:
-                break
-            assert m.advance(rng.choice(ids))
-    p50, p99 = np.percentile(np.array(times) * 1e6, [50, 99])
-    print(
-        f"\nGPT-2 llguidance mask fill over {len(times)} steps: p50 {p50:.1f} us, p99 {p99:.1f} us"
-    )
-    assert p50 < 2000  # generous: only catches a pathological slowdown
 
 
 def test_compiles_on_many_threads_agree_with_one(gpt2) -> None:
