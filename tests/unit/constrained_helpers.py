@@ -137,3 +137,18 @@ CASES = [
         for name, pattern in DTYPE_REGEXES.items()
     ],
 ]
+
+
+def check_walks(backend: GrammarBackend, spec: GrammarSpec, check, exact_advance: bool) -> None:
+    """Four random walks of ``spec``: every output passes ``check`` (and a dtype's own regex), and
+    the outputs differ unless the spec is a choice."""
+    grammar = backend.compile(spec)
+    seen = set()
+    for seed in range(4):
+        ids = walk(backend, grammar, seed, exact_advance=exact_advance)
+        text = backend.vocab.decode(ids).decode("utf-8")
+        assert check(text) is not False, text
+        if spec.kind == "dtype" and spec.value != "str":
+            assert re.fullmatch(DTYPE_REGEXES[spec.value], text), text
+        seen.add(text)
+    assert len(seen) > 1 or spec.kind == "choices"

@@ -1,21 +1,18 @@
-"""LLGuidanceBackend: the same masks as OutlinesBackend on a hand-made vocabulary, the same
-EOS / rollback / jump-forward semantics, ebnf, and random walks on real tokenizers."""
+"""LLGuidanceBackend only: the same masks as OutlinesBackend on a hand-made vocabulary, dead ends,
+ebnf, enforced numeric bounds and closed objects. What every backend must do alike (EOS,
+rollback, jump-forward, errors, walks of every kind) is in test_constrained_backends_common.py."""
 
 from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 
-import jsonschema
 import pytest
-import torch
 
-from radixlm.constrained.base import GrammarBackend, GrammarSpec
+from radixlm.constrained.base import GrammarSpec
 from radixlm.constrained.outlines_backend import OutlinesBackend
 from radixlm.constrained.specs import DTYPE_REGEXES
 from radixlm.constrained.vocabulary import TokenVocabulary
-from radixlm.errors import GrammarError
 from radixlm.tokenizer import load_tokenizer
 
 pytest.importorskip("llguidance")
@@ -23,25 +20,19 @@ from radixlm.constrained.llguidance_backend import LLGuidanceBackend  # noqa: E4
 from tests.unit.constrained_helpers import (  # noqa: E402
     AB,
     ABC,
-    CASES,
-    COLON,
     D1,
-    D2,
     EOS,
     EOS2,
     EOS_IDS,
     GPT2_DIR,
     HAND_VOCAB_SIZE,
-    LBRACE,
-    PERSON,
-    QUOTE,
-    RBRACE,
     STORIES_DIR,
     TOKENS,
     A,
     B,
     C,
     allowed,
+    check_walks,
     regex,
     walk,
 )
@@ -100,49 +91,6 @@ def test_masks_equal_outlines_on_every_path(hands, pattern) -> None:
     assert seen > 3
 
 
-def test_advance_rejects_disallowed_tokens_without_moving(hands) -> None:
-    ll, _ = hands
-    m = ll.compile(regex(r'\{"a":[0-2]\}')).matcher()
-    for bad in (A, RBRACE, EOS, EOS2, 16, 39, 1000, -1):  # letters, EOS, padding, out of range
-        assert not m.advance(bad)
-    assert allowed(m, ll) == {LBRACE} and not m.ll.is_error()
-    for tok in (LBRACE, QUOTE, A, QUOTE, COLON, D2, RBRACE):
-        assert m.advance(tok)
-    assert m.is_terminated() and allowed(m, ll) == EOS_IDS
-
-
-def test_eos_is_allowed_exactly_in_final_states_and_terminates(hands) -> None:
-    ll, _ = hands
-    m = ll.compile(regex("a(bc)?")).matcher()
-    assert not m.advance(EOS)
-    assert m.advance(A) and m.is_final() and EOS_IDS <= allowed(m, ll)
-    assert m.advance(EOS2) and m.is_terminated() and allowed(m, ll) == EOS_IDS
-    assert not m.advance(B)
-    assert m.advance(EOS)  # EOS again, as with outlines
-    m.rollback(2)
-    assert not m.is_terminated() and allowed(m, ll) == {B} | EOS_IDS
-
-
-def test_rollback_and_copy(hands) -> None:
-    ll, _ = hands
-    m = ll.compile(regex("(ab)+c?")).matcher()
-    start = allowed(m, ll)
-    for tok in (AB, A, B):
-        assert m.advance(tok)
-    twin = m.copy()
-    m.rollback(1)
-    assert allowed(m, ll) == {B}
-    assert allowed(twin, ll) == {A, AB, ABC, C} | EOS_IDS  # the copy did not move
-    assert twin.advance(C) and twin.advance(EOS) and twin.is_terminated()
-    assert not m.is_terminated()
-    m.rollback(2)
-    assert allowed(m, ll) == start
-    with pytest.raises(ValueError):
-        m.rollback(1)
-    twin.rollback(5)
-    assert allowed(twin, ll) == start
-
-
 def test_a_dead_end_allows_eos_and_still_rolls_back(hands) -> None:
     ll, _ = hands
     m = ll.compile(regex("az|b")).matcher()  # no token spells "z"
@@ -151,18 +99,6 @@ def test_a_dead_end_allows_eos_and_still_rolls_back(hands) -> None:
     assert m.advance(EOS)
     m.rollback(2)  # replays the history: the error state is gone
     assert allowed(m, ll) == {A, B} and not m.is_terminated()
-
-
-def test_forced_bytes(hands) -> None:
-    ll, _ = hands
-    m = ll.compile(regex(r'\{"a":[0-2]\}')).matcher()
-    assert m.forced_bytes() == b'{"a":'
-    assert allowed(m, ll) == {LBRACE}  # a query, not an advance
-    for tok in (LBRACE, QUOTE, A, QUOTE, COLON):
-        assert m.advance(tok)
-    assert m.forced_bytes() == b""
-    assert m.advance(D1) and m.forced_bytes() == b"}"
-    assert ll.compile(regex("a(bc)?")).matcher().forced_bytes() == b"a"  # stops when final
 
 
 @pytest.mark.parametrize(
@@ -178,25 +114,6 @@ def test_ebnf_lark_and_gbnf(hands, grammar) -> None:
     assert ll.supports("ebnf") and not ol.supports("ebnf")
 
 
-@pytest.mark.parametrize(
-    "spec, message",
-    [
-        (regex("(ab"), "cannot be compiled"),
-        (regex("a(?=b)"), "cannot be compiled"),
-        (GrammarSpec("ebnf", "start: ("), "cannot be compiled"),
-        (GrammarSpec("ebnf", "root ::= foo"), "invalid ebnf"),
-        (GrammarSpec("json_schema", '{"type": 5}'), "not a valid JSON Schema at type"),
-        (GrammarSpec("choices", "[]"), "non-empty JSON list"),
-        (GrammarSpec("dtype", "complex"), "unknown dtype"),
-        (GrammarSpec("lark", "x"), "unknown grammar kind"),
-        (regex("a" * 100_001), "more than the limit of 100000"),
-    ],
-)
-def test_bad_specs_raise_grammar_error(hands, spec, message) -> None:
-    with pytest.raises(GrammarError, match=message):
-        hands[0].compile(spec)
-
-
 # --- real tokenizers ------------------------------------------------------------------------
 
 
@@ -204,16 +121,6 @@ def test_bad_specs_raise_grammar_error(hands, spec, message) -> None:
 def gpt2():
     tokenizer = load_tokenizer(GPT2_DIR)
     return tokenizer, LLGuidanceBackend(tokenizer, 50304, [tokenizer.eos_token_id])
-
-
-def test_gpt2_json_schema_random_walks_validate(gpt2) -> None:
-    tokenizer, backend = gpt2
-    grammar = backend.compile(GrammarSpec("json_schema", json.dumps(PERSON)))
-    for seed in range(3):
-        ids = walk(backend, grammar, seed, exact_advance=False)
-        text = backend.vocab.decode(ids).decode("utf-8")
-        assert tokenizer.decode(ids) == text
-        jsonschema.validate(json.loads(text), PERSON)
 
 
 def test_gpt2_json_numeric_bounds_are_enforced(gpt2) -> None:
@@ -226,54 +133,6 @@ def test_gpt2_json_numeric_bounds_are_enforced(gpt2) -> None:
     assert outputs and outputs <= {b"10", b"11", b"12"}
 
 
-def test_gpt2_forced_bytes_follow_the_whitespace_pattern(gpt2) -> None:
-    tokenizer, backend = gpt2
-    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-    spec = GrammarSpec("json_schema", json.dumps(schema))
-    brace = tokenizer.convert_tokens_to_ids("{")
-    compact = LLGuidanceBackend.from_vocabulary(backend.vocab, 50304, whitespace_pattern="")
-    m = compact.compile(spec).matcher()
-    assert m.forced_bytes() == b'{"name":"'
-    assert m.advance(brace) and m.forced_bytes() == b'"name":"'
-    m = backend.compile(spec).matcher()  # default "[ ]?", as outlines: a space may follow "{"
-    assert m.forced_bytes() == b"{"
-    assert m.advance(brace) and m.forced_bytes() == b""
-
-
-def test_gpt2_mask_has_exactly_the_allowed_ids(gpt2) -> None:
-    tokenizer, backend = gpt2
-    m = backend.compile(regex(r"[0-9]{1,3}")).matcher()
-    eos = tokenizer.eos_token_id
-    for text in ("", "4", "42", "427"):
-        if text:
-            assert m.advance(tokenizer.convert_tokens_to_ids(text[-1]))
-        mask = backend.allocate_mask(2)
-        m.fill_mask(mask, 1)
-        logits = torch.randn(2, 50304)
-        GrammarBackend.apply_mask(logits, mask)
-        assert torch.isfinite(logits[0]).all()  # row 0 was left all-allowed
-        finite = set(torch.nonzero(torch.isfinite(logits[1])).flatten().tolist())
-        assert (eos in finite) == bool(text)
-        assert max(finite - {eos}, default=0) < 50257  # padding rows never allowed
-        digits = [tokenizer.decode([i]) for i in finite - {eos}]
-        assert all(d.isdigit() and len(text) + len(d) <= 3 for d in digits)
-        assert bool(digits) == (len(text) < 3)
-    assert m.is_terminated()
-
-
-def test_compiles_on_many_threads_agree_with_one(gpt2) -> None:
-    _, backend = gpt2
-    specs = [regex(f"[a-c]{{{n}}}x") for n in range(1, 9)] + [
-        GrammarSpec("json_schema", json.dumps({**PERSON, "required": [k]}))
-        for k in PERSON["properties"]
-    ]
-    with ThreadPoolExecutor(4) as pool:
-        grammars = list(pool.map(backend.compile, specs))
-    for spec, grammar in zip(specs, grammars):
-        alone = backend.compile(spec).matcher()
-        assert allowed(grammar.matcher(), backend) == allowed(alone, backend)
-
-
 # --- every kind, on the small SentencePiece vocabulary ---------------------------------------
 
 
@@ -284,29 +143,12 @@ def stories() -> LLGuidanceBackend:
 
 
 EBNF = 'start: item ("," item)*\nitem: "cat" | "dog" | NUMBER\nNUMBER: /[0-9]{1,2}/'
-LL_CASES = [
-    *CASES,
-    (
-        GrammarSpec("ebnf", EBNF),
-        lambda t: re.fullmatch(r"(cat|dog|[0-9]{1,2})(,(cat|dog|[0-9]{1,2}))*", t),
-    ),
-]
 
 
-@pytest.mark.parametrize(
-    "spec, check", LL_CASES, ids=[f"{s.kind}-{s.value[:12]}" for s, _ in LL_CASES]
-)
-def test_every_kind_walks_to_matching_output(stories, spec, check) -> None:
-    grammar = stories.compile(spec)
-    seen = set()
-    for seed in range(4):
-        ids = walk(stories, grammar, seed, exact_advance=False)
-        text = stories.vocab.decode(ids).decode("utf-8")
-        assert check(text) is not False, text
-        if spec.kind == "dtype" and spec.value != "str":
-            assert re.fullmatch(DTYPE_REGEXES[spec.value], text), text
-        seen.add(text)
-    assert len(seen) > 1 or spec.kind == "choices"
+def test_ebnf_walks_to_matching_output(stories) -> None:
+    """The kinds both backends take walk in test_constrained_backends_common.py."""
+    pattern = r"(cat|dog|[0-9]{1,2})(,(cat|dog|[0-9]{1,2}))*"
+    check_walks(stories, GrammarSpec("ebnf", EBNF), lambda t: re.fullmatch(pattern, t), False)
 
 
 def test_objects_are_closed_unless_that_makes_the_schema_unsatisfiable(gpt2) -> None:
