@@ -35,6 +35,7 @@ from radixlm.engine.sampling_info import (
     SampleGroup,
     SamplingBatchInfo,
     SamplingRow,
+    penalty_state,
 )
 
 __all__ = ["SampleOutput", "Sampler", "SamplingBatchInfo", "SamplingRow", "apply_vocab_mask"]
@@ -130,11 +131,9 @@ class Sampler:
         Runs right after sampling, on the thread that samples, so the next batch's penalties
         see this token even when the scheduler has not processed the result yet (overlap).
         """
-        if isinstance(batch, SamplingBatchInfo):
-            state = batch.penalty_state
-        else:
-            state = [(i, r.output_counts, r.seen) for i, r in enumerate(batch)]
-            state = [s for s in state if s[1] is not None]
+        state = (
+            batch.penalty_state if isinstance(batch, SamplingBatchInfo) else penalty_state(batch)
+        )
         if not state:
             return
         one = torch.ones(1, dtype=torch.int32, device=next_ids.device)

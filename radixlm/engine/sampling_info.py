@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from radixlm.engine.transfer import pinned_to_device
+from radixlm.engine.transfer import to_device
 from radixlm.sampling_params import SamplingParams
 
 GREEDY, PLAIN, TOP_K, SORT = "greedy", "plain", "top_k", "sort"
@@ -184,10 +184,13 @@ class SamplingBatchInfo:
             info.min_tokens = (pack.view(mask_spans[0]), pack.view(mask_spans[1]))
         if biased:
             info.logit_bias = tuple(pack.view(s) for s in bias_spans)
-        info.penalty_state = [
-            (i, r.output_counts, r.seen) for i, r in enumerate(rows) if r.output_counts is not None
-        ]
+        info.penalty_state = penalty_state(rows)
         return info
+
+
+def penalty_state(rows: list[SamplingRow]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(batch row, output_counts, seen) of every row that keeps penalty state."""
+    return [(i, r.output_counts, r.seen) for i, r in enumerate(rows) if r.output_counts is not None]
 
 
 def _partition(rows: list[SamplingRow], vocab_size: int) -> dict[str, list[int]]:
@@ -279,9 +282,7 @@ class _Pack:
             ("i", self._ints, torch.int64),
         ):
             if values:
-                pinned = device.type == "cuda"
-                host = torch.tensor(values, dtype=dtype, pin_memory=pinned)
-                self._dev[key] = pinned_to_device(host, device)
+                self._dev[key] = to_device(values, dtype, device)
 
     def view(self, span: tuple[str, int, int] | None, column: bool = False) -> torch.Tensor | None:
         if span is None:

@@ -23,28 +23,24 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from typing import Any
 
 import torch
 
 from radixlm.config import EngineConfig
-from radixlm.engine.forward_batch import ForwardMode
 from radixlm.engine.model_runner import ModelRunner
 from radixlm.engine.sampler import Sampler
 from radixlm.errors import RequestError
-from radixlm.mem.cache import MatchResult, check_idle_memory, create_prefix_cache
-from radixlm.scheduler.batch import ScheduleBatch, plan_decode_logits, plan_extend_logits
+from radixlm.mem.cache import check_idle_memory, create_prefix_cache
+from radixlm.scheduler.batch import ScheduleBatch
+from radixlm.scheduler.decode import DecodeScheduling
 from radixlm.scheduler.executor import BatchExecutor, ForwardThread
 from radixlm.scheduler.grammar import GrammarManager
 from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
 from radixlm.scheduler.policy import (
-    CLIP_MAX_NEW_TOKENS,
-    RETRACT_DECODE_STEPS,
     NewTokenRatio,
-    PrefillAdder,
-    order_waiting_queue,
 )
+from radixlm.scheduler.prefill import PrefillScheduling
 from radixlm.scheduler.processing import BatchProcessing
 from radixlm.scheduler.req import FinishReason, Req
 from radixlm.scheduler.stats import SchedulerStats
@@ -53,7 +49,7 @@ from radixlm.scheduler.stop import StopChecker
 logger = logging.getLogger(__name__)
 
 
-class Scheduler(BatchProcessing):
+class Scheduler(BatchProcessing, PrefillScheduling, DecodeScheduling):
     def __init__(
         self,
         config: EngineConfig,
@@ -199,185 +195,6 @@ class Scheduler(BatchProcessing):
                 self.chunked_req = None
             req.finished_reason = reason
             self._release(req)
-
-    # ---- prefill -------------------------------------------------------------------------
-    def _get_prefill_batch(self) -> ScheduleBatch | None:
-        if not self.waiting and self.chunked_req is None:
-            return None
-        num_running = len(self.running)
-        reserved = (
-            sum(min(r.remaining_new_tokens(), CLIP_MAX_NEW_TOKENS) for r in self.running)
-            * self.new_token_ratio.value
-        )
-        adder = PrefillAdder(
-            rem_total=int(self.allocator.available_size() + self.cache.evictable_size() - reserved),
-            rem_input=self.config.max_prefill_tokens,
-            rem_chunk=self.config.chunk_size,
-            rem_requests=self.limits.max_running_requests - num_running,
-            new_token_ratio=self.new_token_ratio.value,
-            nothing_running=num_running == 0,
-        )
-        matches: dict[int, MatchResult] = {}
-        # At most one request is mid-chunk: it resumes first, and nobody else may start a
-        # chunk (or overtake it) until it has been admitted this step.
-        admit_waiting = True
-        if self.chunked_req is not None:
-            adder.try_add(self.chunked_req, self.chunked_req.kv_len)
-            admit_waiting = bool(adder.admitted) and adder.rem_chunk != 0
-        rows_free = self.req_to_token_pool.available_size()
-        if self.waiting and admit_waiting and rows_free and adder.rem_requests > 0:
-            matches, deferred = order_waiting_queue(
-                self.waiting,
-                self.config.schedule_policy,
-                self.cache,
-                self.rng,
-                self.config.schedule_aging_tokens_per_pass,
-                self.chunked_req,
-            )
-            for req in list(self.waiting):
-                if rows_free == 0:
-                    break
-                if req.pending is not None:
-                    continue  # retracted while its last token was in flight: not known yet
-                if id(req) in deferred and adder.admitted:
-                    break  # its prefix is being computed in this batch: hit it next pass
-                rows_free -= 1
-                match = matches.get(id(req))
-                if match is None:
-                    ids = req.fill_ids[: req.max_cacheable_prefix()]
-                    match = matches[id(req)] = self.cache.match_prefix(ids, req.cache_namespace)
-                # Lock before anything is allocated, so no eviction can take this prefix; the
-                # locked tokens stop being evictable, so they leave the budget too.
-                newly_locked = self.cache.lock(match.handle)
-                adder.rem_total -= newly_locked
-                num_admitted = len(adder.admitted)
-                more = adder.try_add(req, len(match.slots))
-                if len(adder.admitted) == num_admitted:
-                    self.cache.unlock(match.handle)
-                    adder.rem_total += newly_locked
-                    break
-                if not more:
-                    break
-
-        admitted = adder.admitted
-        for adm in admitted:
-            if adm.req is not self.chunked_req:
-                self._attach_prefix(adm.req, matches[id(adm.req)])
-        reqs, prefix_lens, extend_lens, slot_chunks = [], [], [], []
-        for k, adm in enumerate(admitted):
-            req = adm.req
-            slots = self._alloc_slots(adm.extend_len)
-            if slots is None:  # budget estimate was off: undo this and later admissions
-                for rest in admitted[k:]:
-                    if rest.req is not self.chunked_req:
-                        self._free_memory(rest.req)
-                break
-            if req is not self.chunked_req:
-                self.waiting.remove(req)
-                req.waiting_passes = 0
-                self.stats.prefix_queried_tokens += req.fill_len
-                self.stats.prefix_hit_tokens += req.kv_len
-                if not req.admitted_once:
-                    req.cached_tokens = req.kv_len
-                    req.admitted_once = True
-                    req.queue_time = time.monotonic() - req.arrival
-            self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, slots)
-            req.is_chunked = adm.chunked
-            reqs.append(req)
-            prefix_lens.append(req.kv_len)
-            extend_lens.append(adm.extend_len)
-            slot_chunks.append(slots)
-        if not reqs:
-            if not self.running and self._in_flight is None:
-                raise RuntimeError("scheduler made no progress: no prefill fits an idle pool")
-            return None  # decode first; finishing requests free memory
-        self.stats.prefill_computed_tokens += sum(extend_lens)
-        return ScheduleBatch(
-            mode=ForwardMode.EXTEND,
-            reqs=reqs,
-            prefix_lens=prefix_lens,
-            extend_lens=extend_lens,
-            out_cache_loc=torch.cat(slot_chunks),
-            plan=plan_extend_logits(reqs, prefix_lens, extend_lens),
-        )
-
-    def _attach_prefix(self, req: Req, match: MatchResult) -> None:
-        """Give a newly admitted request a row holding its cached prefix (already locked)."""
-        req.req_pool_idx = self.req_to_token_pool.alloc()
-        n = len(match.slots)
-        if n:
-            self.req_to_token_pool.write(req.req_pool_idx, 0, match.slots)
-        req.last_node = match.handle
-        req.kv_len = n
-        req.cache_protected_len = n
-
-    def _alloc_slots(self, n: int) -> torch.Tensor | None:
-        slots = self.allocator.alloc(n)
-        if slots is None:
-            self.cache.evict(n - self.allocator.available_size())
-            slots = self.allocator.alloc(n)
-        return slots
-
-    # ---- decode --------------------------------------------------------------------------
-    def _get_decode_batch(self) -> ScheduleBatch | None:
-        # Under overlap, a request whose in-flight token is its last cannot decode again.
-        reqs = [r for r in self.running if r.num_outputs_launched < r.max_new_tokens]
-        if not reqs:
-            return None
-        slots = self._alloc_slots(len(reqs))
-        if slots is None:
-            reqs = self._retract(reqs)
-            slots = self._alloc_slots(len(reqs))
-            if slots is None:
-                raise RuntimeError("KV pool cannot hold one decode step of a single request")
-        else:
-            self.new_token_ratio.decay()
-        self.req_to_token_pool.write_tokens(
-            [r.req_pool_idx for r in reqs], [r.kv_len for r in reqs], slots
-        )
-        n = len(reqs)
-        return ScheduleBatch(
-            mode=ForwardMode.DECODE,
-            reqs=reqs,
-            prefix_lens=[r.kv_len for r in reqs],
-            extend_lens=[1] * n,
-            out_cache_loc=slots,
-            plan=plan_decode_logits(n),
-        )
-
-    def _retract(self, reqs: list[Req]) -> list[Req]:
-        """Move decoding requests back to the waiting queue until the rest can keep going;
-        returns the requests that stay."""
-        retracted = []
-        if self.chunked_req is not None:  # a half-prefilled prompt has produced nothing yet
-            victim, self.chunked_req = self.chunked_req, None
-            self._requeue(victim)
-            retracted.append(victim)
-        # Victims: least progress first (fewest outputs), then the longest prompts.
-        order = sorted(reqs, key=lambda r: (r.num_outputs_launched, -r.prompt_len))
-        keep = list(reqs)
-        while len(keep) > 1:
-            headroom = self.allocator.available_size() + self.cache.evictable_size()
-            if headroom >= len(keep) * RETRACT_DECODE_STEPS:
-                break
-            victim = order.pop(0)
-            keep.remove(victim)
-            self.running.remove(victim)
-            self._requeue(victim)
-            retracted.append(victim)
-        self.stats.num_retractions += len(retracted)
-        self.new_token_ratio.after_retraction(keep)
-        logger.info(
-            "KV cache pool is full: retracted %d request(s); new_token_ratio %.3f",
-            len(retracted),
-            self.new_token_ratio.value,
-        )
-        return keep
-
-    def _requeue(self, req: Req) -> None:
-        self._free_memory(req)
-        req.num_retractions += 1
-        self.waiting.append(req)
 
     # ---- maintenance ---------------------------------------------------------------------
     def flush_cache(self) -> bool:
