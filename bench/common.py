@@ -125,6 +125,22 @@ def load_prompts(
 
 
 # ---- workers (each runs in a fresh subprocess) ----------------------------------------------
+def check_args(
+    parser: Any, args: Any, lists: dict[str, tuple[str, ...]], positive: tuple[str, ...] = ()
+) -> None:
+    """Validate comma-separated list options (each becomes a list in ``lists``' canonical
+    order) and options that must be >= 1; errors go through ``parser.error``."""
+    for name, valid in lists.items():
+        chosen = [x.strip() for x in getattr(args, name).split(",") if x.strip()]
+        bad = [x for x in chosen if x not in valid]
+        if bad or not chosen:
+            parser.error(f"--{name}: unknown {bad}; choose from {', '.join(valid)}")
+        setattr(args, name, [x for x in valid if x in chosen])
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+
+
 def worker_setup(threads: int, log_level: str) -> None:
     import torch
 

@@ -43,8 +43,10 @@ from common import (
     DEFAULT_SHAREGPT,
     DEFAULT_TOKENIZER,
     REPO_ROOT,
+    check_args,
     environment,
     in_subprocess,
+    load_prompts,
     repo_path,
 )
 
@@ -70,6 +72,7 @@ SHAPES = {
         max_position_embeddings=4096,
     ),
 }
+PHASES = ("batch1", "throughput", "overlap", "prefix")
 TARGETS = {"batch1_tok_s": 230.0, "output_tok_s": 5000.0, "prefix_ratio": 3.0, "overlap_ratio": 1.1}
 
 
@@ -83,22 +86,6 @@ def model_dir(shape: str) -> Path:
     cfg.architectures = ["LlamaForCausalLM"]
     (path / "config.json").write_text(cfg.to_json_string())
     return path
-
-
-def sharegpt(dataset: Path, tokenizer: Path, n: int) -> list[list[int]]:
-    """Token ids of the first ``n`` ShareGPT first turns (truncated to 1024 tokens)."""
-    from radixlm.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(str(tokenizer))
-    prompts = []
-    for conv in json.loads(dataset.read_text()):
-        turn = conv["conversations"][0] if conv["conversations"] else {}
-        ids = tok.encode(turn.get("value", "")) if turn.get("from") == "human" else []
-        if ids:
-            prompts.append(ids[:1024])
-        if len(prompts) == n:
-            return prompts
-    sys.exit(f"error: {dataset} has only {len(prompts)} usable prompts, --num-prompts is {n}")
 
 
 # ---- workers (fresh process each) -------------------------------------------------------------
@@ -198,10 +185,13 @@ def main() -> None:
     ap.add_argument("--mem-bw-gbs", type=float, default=4800.0, help="roofline memory bandwidth")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
+    check_args(ap, args, {"phases": PHASES})
 
-    phases = args.phases.split(",")
+    phases = args.phases
     path = str(model_dir(args.shape))
-    prompts = sharegpt(repo_path(args.dataset), repo_path(args.tokenizer), args.num_prompts)
+    prompts = load_prompts(
+        repo_path(args.dataset), repo_path(args.tokenizer), args.num_prompts, 1024
+    )
     outs = [args.output_len] * len(prompts)
     env = environment(0)
     print(

@@ -51,6 +51,7 @@ from common import (
     DEFAULT_TOKENIZER,
     ModelShape,
     agreement,
+    check_args,
     ensure_model,
     environment,
     hf_greedy,
@@ -442,15 +443,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json-out", default=None, help="write every number here as JSON")
     p.add_argument("--log-level", default="warning", help="logging level inside the workers")
     args = p.parse_args()
-    for name, valid in (("workloads", WORKLOADS), ("systems", tuple(SYSTEMS))):
-        chosen = [x.strip() for x in getattr(args, name).split(",") if x.strip()]
-        bad = [x for x in chosen if x not in valid]
-        if bad or not chosen:
-            p.error(f"--{name}: unknown {bad}; choose from {', '.join(valid)}")
-        setattr(args, name, [x for x in valid if x in chosen])  # canonical order
-    for name in POSITIVE:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    check_args(p, args, {"workloads": WORKLOADS, "systems": tuple(SYSTEMS)}, POSITIVE)
     return args
 
 

@@ -61,6 +61,7 @@ from common import (  # noqa: E402
     DEFAULT_SHAREGPT,
     DEFAULT_TOKENIZER,
     ModelShape,
+    check_args,
     ensure_model,
     environment,
     print_header,
@@ -272,15 +273,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json-max-tokens", type=int, default=96)
     p.add_argument("--json-out", default=None, help="write every number here as JSON")
     args = p.parse_args()
-    for name, valid in (("programs", tuple(PROGRAMS)), ("systems", tuple(SYSTEMS))):
-        chosen = [x.strip() for x in getattr(args, name).split(",") if x.strip()]
-        bad = [x for x in chosen if x not in valid]
-        if bad or not chosen:
-            p.error(f"--{name}: unknown {bad}; choose from {', '.join(valid)}")
-        setattr(args, name, [x for x in valid if x in chosen])  # canonical order
-    for name in POSITIVE:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    check_args(p, args, {"programs": tuple(PROGRAMS), "systems": tuple(SYSTEMS)}, POSITIVE)
     for name in ("mmlu_dir", "hellaswag", "gsm8k", "mt_bench", "sharegpt", "tokenizer"):
         setattr(args, name, str(repo_path(getattr(args, name))))
     return args
