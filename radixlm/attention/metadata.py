@@ -13,7 +13,7 @@ Layout (CSR, page size 1), for a batch of ``B`` requests:
   ``qo_indptr[i]:qo_indptr[i+1]`` of the token-major query tensor.
 
 Graph padding (decode): a batch of ``b`` requests is padded to ``padded_bs`` rows; padding rows
-are requests of KV length 1 whose single token reads slot 0 (the pool's zeroed padding slot), so
+are requests of KV length 1 whose single token reads slot 0 (the pool's padding slot), so
 the kernels never see an empty request and never read garbage.
 """
 
@@ -54,11 +54,6 @@ class PagedKVIndex:
 def cumsum_indptr(lens: list[int]) -> list[int]:
     """``[0, l0, l0 + l1, ...]`` on the host."""
     return [0, *itertools.accumulate(lens)]
-
-
-def indptr_tensor(lens: list[int], device: torch.device | str) -> torch.Tensor:
-    """Host-computed int32 indptr ``[len(lens) + 1]`` copied to ``device`` (H2D only)."""
-    return to_device(cumsum_indptr(lens), torch.int32, torch.device(device))
 
 
 def gather_kv_indices(

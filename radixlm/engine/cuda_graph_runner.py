@@ -127,7 +127,7 @@ class CudaGraphRunner:
         """Capture every size (largest first, so smaller ones reuse its pool); returns MB used."""
         used0 = _device_used(self.device)
         for bs in reversed(self.sizes):
-            fb = self._static_batch(bs, [1] * bs)
+            fb = self._static_batch(bs)
             self.runner.attn_backend.init_forward_metadata(fb)  # snapshot of the padding rows
             fb.attn_metadata = self.runner.attn_backend.load_graph_metadata(fb, bs)
             self.graphs[bs] = self.ops.capture(
@@ -149,8 +149,6 @@ class CudaGraphRunner:
         """Hidden states ``[bs, hidden]`` of decode batch ``fb`` (its metadata snapshot is set)."""
         bs = fb.batch_size
         padded = padded_size(bs, self.sizes)
-        if fb.attn_metadata is None:
-            self.runner.attn_backend.init_forward_metadata(fb)
         self.input_ids[:bs].copy_(fb.input_ids)
         self.positions[:bs].copy_(fb.positions)
         self.out_cache_loc[:bs].copy_(fb.out_cache_loc)
@@ -165,7 +163,8 @@ class CudaGraphRunner:
         self.ops.replay(graph)
         return out[:bs]
 
-    def _static_batch(self, bs: int, seq_lens_cpu: list[int]) -> ForwardBatch:
+    def _static_batch(self, bs: int) -> ForwardBatch:
+        """A decode batch of ``bs`` padding requests over the static input buffers."""
         return ForwardBatch(
             mode=ForwardMode.DECODE,
             input_ids=self.input_ids[:bs],
@@ -173,8 +172,8 @@ class CudaGraphRunner:
             out_cache_loc=self.out_cache_loc[:bs],
             req_pool_indices=self.req_pool_indices[:bs],
             seq_lens=self.seq_lens[:bs],
-            seq_lens_cpu=list(seq_lens_cpu),
-            extend_prefix_lens_cpu=[n - 1 for n in seq_lens_cpu],
+            seq_lens_cpu=[1] * bs,
+            extend_prefix_lens_cpu=[0] * bs,
             extend_seq_lens_cpu=[1] * bs,
             req_to_token_pool=self.runner.req_to_token_pool,
             kv_pool=self.runner.kv_pool,
