@@ -1,4 +1,5 @@
-"""The command line every ``dsl_*`` example shares: choose a backend, run, shut it down.
+"""What every ``dsl_*`` example shares: the command line (choose a backend, run, shut it down)
+and printing a program's trace.
 
 ``--url`` talks to a RadixLM (or SGLang) server; otherwise the bundled model runs in-process.
 """
@@ -24,3 +25,10 @@ def run_example(doc: str, run: Callable[[Any], Any], argv: list[str] | None) -> 
         return run(backend)
     finally:
         backend.shutdown()
+
+
+def print_trace_heads(state: Any, title: str) -> None:
+    """Print ``title``, then the head line of each backend call in ``state.trace_text()`` (kind,
+    variable, latency, cached tokens); ``trace_text()`` also has each call's prompt and output."""
+    print(f"\n{title}")
+    print("\n".join(line for line in state.trace_text().splitlines() if line.startswith("#")))

@@ -1,7 +1,10 @@
 """Talk to a running ``radixlm serve`` with the OpenAI SDK and with the native API.
 
-radixlm serve &                 # bundled demo model on :30000
-python examples/client_openai.py
+    radixlm serve &                 # bundled demo model on :30000
+    python examples/client_openai.py
+
+It runs a completion twice (the second from the radix cache), a streamed chat, and a native
+``/generate`` batch with prompt logprobs.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ is always one of the choices, even from a model that only writes children's stor
 
 from __future__ import annotations
 
-from _dsl_cli import run_example
+from _dsl_cli import print_trace_heads, run_example
 
 import radixlm_lang as sgl
 
@@ -55,8 +55,9 @@ def run(backend) -> list:
         print(
             f"{mark} {st['label']:>5}  cached {meta['cached_tokens']}/{meta['prompt_tokens']}  {x}"
         )
-    print("\ntrace of the last item (cached = prompt tokens served from the radix cache):")
-    print("\n".join(line for line in states[-1].trace_text().splitlines() if line[0] == "#"))
+    print_trace_heads(
+        states[-1], "trace of the last item (cached = prompt tokens served from the radix cache):"
+    )
     return states
 
 

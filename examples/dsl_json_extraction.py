@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from _dsl_cli import run_example
+from _dsl_cli import print_trace_heads, run_example
 
 import radixlm_lang as sgl
 
@@ -48,8 +48,7 @@ def run(backend) -> list[dict]:
         card = json.loads(st["card"])  # always valid JSON that matches SCHEMA
         print(f"{text}\n  -> {card}")
         cards.append(card)
-    print("\ntrace of the last program (st.trace_text() has prompts and outputs too):")
-    print("\n".join(line for line in st.trace_text().splitlines() if line.startswith("#")))
+    print_trace_heads(st, "trace of the last program:")
     return cards
 
 

@@ -12,7 +12,7 @@ variable's text as it is generated (``text_iter()`` without a name streams the w
 
 from __future__ import annotations
 
-from _dsl_cli import run_example
+from _dsl_cli import print_trace_heads, run_example
 
 import radixlm_lang as sgl
 
@@ -37,8 +37,7 @@ def run(backend):
     st = chat.run(questions=questions, temperature=0.7, top_p=0.9, backend=backend)
     for m in st.messages():
         print(f"{m['role']:>9}: {m['content']}")
-    print("\ntrace (every turn reuses the conversation before it):")
-    print("\n".join(line for line in st.trace_text().splitlines() if line.startswith("#")))
+    print_trace_heads(st, "trace (every turn reuses the conversation before it):")
 
     print("\nstreaming: Once upon a time,", end="", flush=True)
     streamed = story.run(

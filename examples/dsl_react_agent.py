@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 
-from _dsl_cli import run_example
+from _dsl_cli import print_trace_heads, run_example
 
 import radixlm_lang as sgl
 
@@ -66,8 +66,7 @@ def run(backend):
         print(f"the program failed: {st.error()!r}")
     else:
         print(f"answer: {st['answer']}")
-    print("\ntrace (each call reuses the transcript before it from the cache):")
-    print("\n".join(line for line in st.trace_text().splitlines() if line.startswith("#")))
+    print_trace_heads(st, "trace (each call reuses the transcript before it from the cache):")
     return st
 
 

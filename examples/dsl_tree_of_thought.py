@@ -12,7 +12,7 @@ which appends the expansions and writes the summary.
 
 from __future__ import annotations
 
-from _dsl_cli import run_example
+from _dsl_cli import print_trace_heads, run_example
 
 import radixlm_lang as sgl
 
@@ -37,8 +37,9 @@ def run(backend, n_points: int = 3):
     for i, detail in enumerate(st["detail"]):
         print(f"part {i + 1}: {st[f'point{i}'].strip()}\n  expanded: {detail.strip()}")
     print(f"summary: In the end,{st['summary']}")
-    print("\ntrace (cache_prefix = the fork's shared prefill; branches start cached):")
-    print("\n".join(line for line in st.trace_text().splitlines() if line.startswith("#")))
+    print_trace_heads(
+        st, "trace (cache_prefix = the fork's shared prefill; branches start cached):"
+    )
     return st
 
 

@@ -25,7 +25,9 @@ from radixlm_lang.ir import (
     RoleBegin,
     RoleEnd,
     Select,
+    as_tuple,
     normalize_dtype,
+    role_block,
 )
 
 
@@ -99,12 +101,9 @@ def gen(
         "regex": regex,
     }
     assert set(fields) == set(SAMPLING_FIELDS)
-    for key in ("stop", "stop_regex"):
-        if isinstance(fields[key], str):
-            fields[key] = (fields[key],)
     for key in ("stop", "stop_token_ids", "stop_regex"):
         if fields[key] is not None:
-            fields[key] = tuple(fields[key])
+            fields[key] = as_tuple(fields[key])  # the node stays immutable and hashable
     overrides = tuple((k, v) for k, v in fields.items() if v is not None)
     return Gen(name, overrides)
 
@@ -147,22 +146,16 @@ def image(source: str | os.PathLike | bytes | Any) -> Image:
     return Image(base64.b64encode(data).decode("ascii"))
 
 
-def _role(role: str, expr: Expr | str | None) -> ExprList:
-    if expr is None:
-        return ExprList((RoleBegin(role), RoleEnd(role)))
-    return ExprList.of(RoleBegin(role), expr, RoleEnd(role))
-
-
 def system(expr: Expr | str | None = None) -> ExprList:
-    return _role("system", expr)
+    return role_block("system", expr)
 
 
 def user(expr: Expr | str | None = None) -> ExprList:
-    return _role("user", expr)
+    return role_block("user", expr)
 
 
 def assistant(expr: Expr | str | None = None) -> ExprList:
-    return _role("assistant", expr)
+    return role_block("assistant", expr)
 
 
 def system_begin() -> RoleBegin:

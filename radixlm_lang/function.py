@@ -11,66 +11,34 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 from radixlm_lang.api import resolve_backend
 from radixlm_lang.global_config import global_config
-from radixlm_lang.ir import (
-    Argument,
-    ConstantText,
-    Expr,
-    ExprList,
-    RoleBegin,
-    RoleEnd,
-    SamplingParams,
-    VarScopeBegin,
-    VarScopeEnd,
-    as_expr,
-    flatten,
-)
-from radixlm_lang.state import ProgramState, run_program
+from radixlm_lang.ir import SAMPLING_FIELDS, Argument, ConstantText, Expr, SamplingParams, flatten
+from radixlm_lang.state import ExprWriter, ProgramState, run_program
+
+# The sampling defaults ``run`` / ``run_batch`` accept as keyword arguments (SGLang's list);
+# every other keyword is a program argument.
+RUN_SAMPLING_FIELDS = frozenset(SAMPLING_FIELDS) - {
+    "min_new_tokens", "json_schema", "dtype", "regex",
+}  # fmt: skip
 
 
 class StopTracing(Exception):
     """The traced program needed a real value; the trace ends here."""
 
 
-class TracerState:
+class TracerState(ExprWriter):
     """A stand-in for ``s`` that records expressions instead of running them."""
 
     def __init__(self) -> None:
         self.nodes: list[Expr] = []
 
-    def __iadd__(self, other: Expr | str) -> TracerState:
-        self.nodes.append(as_expr(other))
-        return self
-
-    @contextmanager
-    def _scope(self, begin: Expr, end: Expr) -> Iterator[None]:
-        self.nodes.append(begin)
-        yield
-        self.nodes.append(end)
-
-    def _role(self, role: str, expr: Expr | str | None):
-        if expr is None:
-            return self._scope(RoleBegin(role), RoleEnd(role))
-        self.nodes.append(ExprList.of(RoleBegin(role), expr, RoleEnd(role)))
-        return None
-
-    def system(self, expr: Expr | str | None = None):
-        return self._role("system", expr)
-
-    def user(self, expr: Expr | str | None = None):
-        return self._role("user", expr)
-
-    def assistant(self, expr: Expr | str | None = None):
-        return self._role("assistant", expr)
-
-    def var_scope(self, name: str):
-        return self._scope(VarScopeBegin(name), VarScopeEnd(name))
+    def _submit(self, expr: Expr) -> None:
+        self.nodes.append(expr)
 
     def __getitem__(self, name: str) -> Any:
         raise StopTracing(name)
@@ -108,9 +76,6 @@ class SglFunction:
         if not params or params[0].name != "s":
             raise TypeError(f"{func.__name__}: the first parameter of an sgl.function must be s")
         self.arg_names = [p.name for p in params[1:]]
-        self.arg_defaults = {
-            p.name: p.default for p in params[1:] if p.default is not inspect.Parameter.empty
-        }
 
     def bind(self, **kwargs: Any) -> SglFunction:
         unknown = set(kwargs) - set(self.arg_names)
@@ -118,49 +83,10 @@ class SglFunction:
             raise TypeError(f"{self.func.__name__} has no arguments {sorted(unknown)}")
         return SglFunction(self.func, self.num_api_spec_tokens, {**self.bind_arguments, **kwargs})
 
-    @staticmethod
-    def _defaults(
-        max_new_tokens: int = 128,
-        n: int = 1,
-        stop: str | list[str] | None = None,
-        stop_token_ids: list[int] | None = None,
-        stop_regex: str | list[str] | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = -1,
-        min_p: float = 0.0,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        ignore_eos: bool = False,
-        return_logprob: bool | None = None,
-        logprob_start_len: int | None = None,
-        top_logprobs_num: int | None = None,
-        return_text_in_logprobs: bool | None = None,
-    ) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=max_new_tokens,
-            n=n,
-            stop=stop or (),
-            stop_token_ids=stop_token_ids or (),
-            stop_regex=stop_regex or (),
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            ignore_eos=ignore_eos,
-            return_logprob=return_logprob,
-            logprob_start_len=logprob_start_len,
-            top_logprobs_num=top_logprobs_num,
-            return_text_in_logprobs=return_text_in_logprobs,
-        )
-
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], SamplingParams]:
         """Separate program arguments from sampling defaults in ``run``'s keyword arguments."""
-        sampling_names = set(inspect.signature(self._defaults).parameters)
-        sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in sampling_names}
-        return kwargs, self._defaults(**sampling)
+        sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_SAMPLING_FIELDS}
+        return kwargs, SamplingParams(**sampling)
 
     def run(
         self,

@@ -56,7 +56,6 @@ class StreamExecutor:
     def __init__(
         self,
         backend: Backend,
-        arguments: dict[str, Any],
         default_sampling_params: SamplingParams,
         chat_template: ChatTemplate,
         stream: bool = False,
@@ -64,7 +63,6 @@ class StreamExecutor:
     ) -> None:
         self.sid = uuid.uuid4().hex
         self.backend = backend
-        self.arguments = arguments
         self.default_sampling_params = default_sampling_params
         self.chat_template = chat_template
         self.stream = stream
@@ -162,7 +160,6 @@ class StreamExecutor:
         for _ in range(size):
             child = StreamExecutor(
                 self.backend,
-                self.arguments,
                 self.default_sampling_params,
                 self.chat_template,
                 self.stream,

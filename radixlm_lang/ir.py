@@ -16,6 +16,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# SamplingParams fields that are top-level /generate fields, not ``sampling_params`` entries.
+LOGPROB_FIELDS = (
+    "return_logprob",
+    "logprob_start_len",
+    "top_logprobs_num",
+    "return_text_in_logprobs",
+)
+
 # dtype → constraining regex (and extra stop strings), as SGLang's RuntimeEndpoint does it.
 REGEX_INT = r"[-+]?[0-9]+[ \n]*"
 REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
@@ -40,7 +48,8 @@ def normalize_dtype(dtype: Any) -> str | None:
     return name
 
 
-def _as_tuple(value: Any) -> tuple:
+def as_tuple(value: Any) -> tuple:
+    """None → ``()``; one str/int → a 1-tuple; any other iterable → a tuple."""
     if value is None:
         return ()
     if isinstance(value, str | int):
@@ -75,7 +84,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         for name in ("stop", "stop_token_ids", "stop_regex"):
-            object.__setattr__(self, name, _as_tuple(getattr(self, name)))
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
         object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
 
     def override(self, **fields: Any) -> SamplingParams:
@@ -122,8 +131,7 @@ class SamplingParams:
 
     def logprob_kwargs(self) -> dict[str, Any]:
         """The top-level ``/generate`` fields (``return_logprob``, ...) that are set."""
-        names = ("return_logprob", "logprob_start_len", "top_logprobs_num")
-        out = {k: getattr(self, k) for k in (*names, "return_text_in_logprobs")}
+        out = {k: getattr(self, k) for k in LOGPROB_FIELDS}
         return {k: v for k, v in out.items() if v is not None}
 
     def to_openai(self) -> dict[str, Any]:
@@ -206,6 +214,12 @@ class RoleBegin(Expr):
 @dataclass(frozen=True)
 class RoleEnd(Expr):
     role: str
+
+
+def role_block(role: str, expr: Expr | str | None = None) -> ExprList:
+    """``expr`` between the begin and end of ``role`` (an empty block when ``expr`` is None)."""
+    inner = () if expr is None else (expr,)
+    return ExprList.of(RoleBegin(role), *inner, RoleEnd(role))
 
 
 @dataclass(frozen=True)

@@ -20,39 +20,41 @@ from radixlm_lang.backend.base import Backend
 from radixlm_lang.interpreter import ProgramError, StreamExecutor
 from radixlm_lang.ir import (
     Expr,
-    ExprList,
     RoleBegin,
     RoleEnd,
     SamplingParams,
     VarScopeBegin,
     VarScopeEnd,
     as_expr,
+    role_block,
 )
 
 
-class ProgramState:
-    def __init__(self, stream_executor: StreamExecutor) -> None:
-        self.stream_executor = stream_executor
-        self.ret_value: Any = None
+class ExprWriter:
+    """The writing half of ``s`` (``+=``, role blocks, ``var_scope``), shared by the real state and
+    the tracer; subclasses define where an expression goes (``_submit``)."""
 
-    # ---- writing ----------------------------------------------------------------------------
-    def __iadd__(self, other: Expr | str) -> ProgramState:
+    def _submit(self, expr: Expr) -> None:
+        raise NotImplementedError
+
+    def __iadd__(self, other: Expr | str) -> ExprWriter:
         if other is None:
             raise ValueError("cannot add None to a program")
-        self.stream_executor.submit(as_expr(other))
+        self._submit(as_expr(other))
         return self
 
-    def _role(self, role: str, expr: Expr | str | None):
-        if expr is None:
-            return self._role_scope(role)
-        self.stream_executor.submit(ExprList.of(RoleBegin(role), expr, RoleEnd(role)))
-        return None
-
     @contextmanager
-    def _role_scope(self, role: str) -> Iterator[None]:
-        self.stream_executor.submit(RoleBegin(role))
+    def _scope(self, begin: Expr, end: Expr) -> Iterator[None]:
+        self._submit(begin)
         yield
-        self.stream_executor.submit(RoleEnd(role))
+        self._submit(end)
+
+    def _role(self, role: str, expr: Expr | str | None):
+        """With ``expr``: add the whole role block. Without: a ``with`` block for the role."""
+        if expr is None:
+            return self._scope(RoleBegin(role), RoleEnd(role))
+        self._submit(role_block(role, expr))
+        return None
 
     def system(self, expr: Expr | str | None = None):
         return self._role("system", expr)
@@ -63,12 +65,19 @@ class ProgramState:
     def assistant(self, expr: Expr | str | None = None):
         return self._role("assistant", expr)
 
-    @contextmanager
-    def var_scope(self, name: str) -> Iterator[None]:
-        """Everything added inside the block becomes variable ``name``."""
-        self.stream_executor.submit(VarScopeBegin(name))
-        yield
-        self.stream_executor.submit(VarScopeEnd(name))
+    def var_scope(self, name: str):
+        """Everything added inside the ``with`` block becomes variable ``name``."""
+        return self._scope(VarScopeBegin(name), VarScopeEnd(name))
+
+
+class ProgramState(ExprWriter):
+    def __init__(self, stream_executor: StreamExecutor) -> None:
+        self.stream_executor = stream_executor
+        self.ret_value: Any = None
+
+    # ---- writing (the rest is ExprWriter's) -------------------------------------------------
+    def _submit(self, expr: Expr) -> None:
+        self.stream_executor.submit(expr)
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> ProgramStateGroup:
         return ProgramStateGroup([ProgramState(c) for c in self.stream_executor.fork(size)], self)
@@ -292,7 +301,7 @@ def run_program(
     and the state is returned at once. An exception raised by the function propagates (outside
     streaming) unless it is a ``ProgramError``, which is already on ``s.error()``."""
     ex = StreamExecutor(
-        backend, kwargs, default_sampling_params, backend.get_chat_template(), stream, use_thread
+        backend, default_sampling_params, backend.get_chat_template(), stream, use_thread
     )
     state = ProgramState(ex)
 

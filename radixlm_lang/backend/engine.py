@@ -303,14 +303,13 @@ class EngineBackend(NativeBackend):
         self.engine = engine
         self.model_path = str(engine.config.model_path)
         self.chat_template_name = chat_template_name
-        self._chat_template: Any = None
         self.service = EngineService(engine)
 
     def _call(self, body: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         return self.service.generate(body)
 
     def _stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        return self.service.stream({**body, "stream": True})
+        return self.service.stream(body)
 
     def run_on_engine(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(engine)`` on the thread that owns the engine (between scheduler steps)."""

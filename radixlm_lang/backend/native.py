@@ -20,17 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from radixlm_lang.backend.base import Backend, ChoicesDecision, Prompt
+from radixlm_lang.chat_template import get_chat_template, get_chat_template_by_model_path
+from radixlm_lang.choices import heal_and_normalize, token_length_normalized
+from radixlm_lang.global_config import global_config
 
 logger = logging.getLogger(__name__)
-
-# Body fields of /generate that SGLang's SamplingParams carry but that live outside
-# ``sampling_params`` (a core ``to_native()`` may include them; they are moved up).
-LOGPROB_FIELDS = (
-    "return_logprob",
-    "logprob_start_len",
-    "top_logprobs_num",
-    "return_text_in_logprobs",
-)
 
 
 class SelectError(ValueError):
@@ -54,11 +48,6 @@ class NativeBackend(Backend):
 
     def get_chat_template(self) -> Any:
         if self._chat_template is None:
-            from radixlm_lang.chat_template import (
-                get_chat_template,
-                get_chat_template_by_model_path,
-            )
-
             if self.chat_template_name:
                 self._chat_template = get_chat_template(self.chat_template_name)
             else:
@@ -76,19 +65,12 @@ class NativeBackend(Backend):
     # ---- bodies ------------------------------------------------------------------------------
     def build_body(self, prompt: Prompt, params: Any) -> dict[str, Any]:
         """The ``/generate`` body of one ``gen``: text, sampling params, logprob fields, image."""
-        from radixlm_lang.global_config import global_config
-
         sp = {
             "skip_special_tokens": global_config.skip_special_tokens_in_output,
             "spaces_between_special_tokens": global_config.spaces_between_special_tokens_in_out,
             **params.to_native(),  # dtype is already a regex there
         }
-        body: dict[str, Any] = {"text": prompt.text, "sampling_params": sp}
-        for name in LOGPROB_FIELDS:
-            value = sp.pop(name, None)  # request-level, should they appear in sampling_params
-            value = getattr(params, name, None) if value is None else value
-            if value is not None:
-                body[name] = value
+        body = {"text": prompt.text, "sampling_params": sp, **params.logprob_kwargs()}
         self._add_image(body, prompt)
         return body
 
@@ -124,7 +106,7 @@ class NativeBackend(Backend):
             yield delta, chunk.get("meta_info", {})
 
     def cache_prefix(self, text: str) -> None:
-        self._call({"text": text, "sampling_params": {"max_new_tokens": 0}})
+        self.prefill(Prompt(text))
 
     def prefill(self, prompt: Prompt) -> dict[str, Any]:
         """Prefill ``prompt`` (caching it) and return its ``meta_info``."""
@@ -146,8 +128,6 @@ class NativeBackend(Backend):
             )
         if not choices:
             raise SelectError("select needs at least one choice")
-        from radixlm_lang.choices import heal_and_normalize, token_length_normalized
-
         method = choices_method if choices_method is not None else token_length_normalized
 
         # 1. Prefill the shared prompt once (the scoring batch then hits the cache) and learn P.
@@ -190,17 +170,6 @@ class NativeBackend(Backend):
             output_token_logprobs=output_lps,
             unconditional_token_logprobs=unconditional,
         )
-        if not isinstance(decision, ChoicesDecision):
-            # A method that returns only the chosen text: attach the scoring data ourselves.
-            decision = ChoicesDecision(
-                decision=str(decision),
-                meta_info={
-                    "normalized_prompt_logprobs": normalized,
-                    "input_token_logprobs": input_lps,
-                    "output_token_logprobs": output_lps,
-                    "unconditional_token_logprobs": unconditional,
-                },
-            )
         # NOTE: not in SGLang's select meta_info; the prompt prefill's counts let callers (and the
         # debug trace) see how much of the prompt the prefix cache served.
         for key in ("prompt_tokens", "cached_tokens"):

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from radixlm_lang.backend.base import Backend, ChoicesDecision, Prompt
+from radixlm_lang.chat_template import get_chat_template_by_model_path
+from radixlm_lang.choices import heal_and_normalize, token_length_normalized
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +57,7 @@ class OpenAI(Backend):
             is_chat_model = not model_name.startswith(COMPLETION_MODEL_PREFIXES)
         self.is_chat_model = is_chat_model
         self.sglang_extras = base_url is not None if sglang_extras is None else sglang_extras
-        if chat_template is None:
-            from radixlm_lang.chat_template import get_chat_template_by_model_path
-
-            chat_template = get_chat_template_by_model_path(model_name)
-        self.chat_template = chat_template
+        self.chat_template = chat_template or get_chat_template_by_model_path(model_name)
 
     def get_model_name(self) -> str:
         return self.model_name
@@ -157,8 +155,6 @@ class OpenAI(Backend):
     ) -> ChoicesDecision:
         """Like the native backends (§1.9) with token texts from echoed logprobs: learn the
         prompt's token count P, score each ``prompt + choice`` from P - 2, heal, normalize."""
-        from radixlm_lang.choices import heal_and_normalize, token_length_normalized
-
         method = choices_method if choices_method is not None else token_length_normalized
         if self.is_chat_model:
             raise NotImplementedError(

@@ -83,7 +83,6 @@ class RuntimeEndpoint(NativeBackend):
         self.model_info = self.get("/get_model_info")
         self.model_path = self.model_info["model_path"]
         self.chat_template_name = chat_template_name
-        self._chat_template: Any = None
 
     # ---- HTTP ----------------------------------------------------------------------------
     def get(self, path: str) -> Any:
@@ -96,7 +95,6 @@ class RuntimeEndpoint(NativeBackend):
         return self.post("/generate", body)
 
     def _stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        body = {**body, "stream": True}
         resp = http_request(self.base_url + "/generate", body, self.api_key, self.timeout, True)
         with resp:
             for raw in resp:
