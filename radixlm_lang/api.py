@@ -143,7 +143,22 @@ def image(source: str | os.PathLike | bytes | Any) -> Image:
         data = buf.getvalue()
     else:
         raise TypeError(f"cannot make an image from {type(source).__name__}")
-    return Image(base64.b64encode(data).decode("ascii"))
+    return Image(base64.b64encode(data).decode("ascii"), _image_mime(data))
+
+
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def _image_mime(data: bytes) -> str:
+    """The image's MIME type from its magic number (JPEG when unrecognised)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), "image/jpeg")
 
 
 def system(expr: Expr | str | None = None) -> ExprList:

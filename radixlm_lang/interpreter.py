@@ -71,7 +71,7 @@ class StreamExecutor:
         self.text_ = ""
         self.messages_: list[dict[str, Any]] = []
         self.images_: list[str] = []
-        self.cur_images: list[str] = []
+        self.cur_images: list[str] = []  # data URLs of the open role's images
         self.variables: dict[str, Any] = {}
         self.variable_event: dict[str, threading.Event] = {}
         self.meta_info: dict[str, Any] = {}
@@ -239,7 +239,7 @@ class StreamExecutor:
         elif isinstance(expr, Image):
             with self.cond:
                 self.images_.append(expr.data)
-                self.cur_images.append(expr.data)
+                self.cur_images.append(expr.data_url)
             self._fill(self.chat_template.image_token)
         elif isinstance(expr, VarScopeBegin):
             self.var_scope_begin[expr.name] = len(self.text_)
@@ -370,8 +370,7 @@ class StreamExecutor:
         message: dict[str, Any] = {"role": role, "content": content}
         if self.cur_images:
             parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
-            for data in self.cur_images:
-                url = f"data:image/jpeg;base64,{data}"
+            for url in self.cur_images:
                 parts.append({"type": "image_url", "image_url": {"url": url}})
             message["content"] = parts
         with self.cond:

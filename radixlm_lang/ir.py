@@ -225,6 +225,11 @@ def role_block(role: str, expr: Expr | str | None = None) -> ExprList:
 @dataclass(frozen=True)
 class Image(Expr):
     data: str = field(repr=False)  # base64
+    mime: str = "image/jpeg"  # sniffed from the bytes by ``api.image``
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{self.data}"
 
 
 @dataclass(frozen=True)

@@ -269,3 +269,12 @@ def test_image_node_and_messages(tmp_path) -> None:
     assert content[1]["image_url"]["url"] == "data:image/jpeg;base64,/9hqcGVn"
     assert backend.calls[0].prompt.images == ["/9hqcGVn"]
     assert sgl.image(b"\xff\xd8jpeg") == sgl.image(path)
+
+
+def test_image_data_url_names_the_real_format() -> None:
+    """A PNG (e.g. a PIL image, saved as PNG) is not labelled JPEG in chat messages."""
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 8
+    assert sgl.image(png).data_url.startswith("data:image/png;base64,")
+    assert sgl.image(b"GIF89a...").mime == "image/gif"
+    assert sgl.image(b"RIFF\0\0\0\0WEBPVP8 ").mime == "image/webp"
+    assert sgl.image(b"\xff\xd8\xff\xe0").mime == "image/jpeg"
