@@ -96,11 +96,10 @@ class Req:
     # Stop-string detection state (incremental detokenizer), created lazily.
     stop_detok: Any = None
 
-    # Constrained decoding (scheduler/grammar.py): the spec, its compile job while queued, the
-    # shared compiled grammar and this request's matcher.
+    # Constrained decoding (scheduler/grammar.py): the spec, its compile job while queued, and
+    # this request's matcher over the shared compiled grammar.
     grammar_spec: Any = None
     grammar_job: Any = None
-    grammar_compiled: Any = None
     grammar: Any = None
     error_status: int | None = None  # set when the request fails for a client error (400)
 

@@ -21,7 +21,8 @@ class SchedulerStats:
     num_retractions: int = 0  # requests moved back to the waiting queue for lack of KV room
     generated_tokens: int = 0  # output tokens appended to requests
     num_finished_requests: int = 0  # requests that ended (stop, length or abort)
-    forward_seconds: float = 0.0  # wall time of forward + sampling on the executor
+    # Forward + sampling per batch: wall time on CPU; device time between CUDA events on CUDA.
+    forward_seconds: float = 0.0
     forward_steps: int = 0  # batches run
     jump_forward_tokens: int = 0  # output tokens appended by grammar jump-forward
     # CPU time the scheduler thread spent inside forwards (non-overlapped loop only), so the
