@@ -17,6 +17,7 @@ from radixlm.entrypoints.request import build_requests
 from radixlm.entrypoints.result import ResultBuilder
 from radixlm.errors import RequestError
 from radixlm.scheduler.io import AbortRequest
+from radixlm.server.io_struct import SchedulerReady
 
 logger = logging.getLogger(__name__)
 
@@ -155,17 +156,8 @@ class Engine:
         return self.scheduler.flush_cache()
 
     def get_server_info(self) -> dict[str, Any]:
-        lim = self.runner.limits
         info = {k: getattr(self.config, k) for k in self.config.field_names()}
-        info.update(
-            max_total_num_tokens=lim.max_total_tokens,
-            max_running_requests=lim.max_running_requests,
-            context_length=lim.max_req_len,
-            max_req_input_len=lim.max_req_len - 1,
-            dtype=str(self.runner.dtype).replace("torch.", ""),
-            attention_backend=self.runner.config.attention_backend,
-            cuda_graph_mb=self.runner.graph_mb,
-        )
+        info.update(SchedulerReady.from_runner(self.runner).server_info())
         info.update(self.scheduler.get_stats())
         return info
 

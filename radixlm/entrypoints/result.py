@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from radixlm.entrypoints.request import RequestMeta
-from radixlm.errors import RequestError
+from radixlm.errors import RadixLMError, RequestError
 from radixlm.scheduler.io import ReqOutput
 from radixlm.tokenizer.output_text import OutputText
 
@@ -51,11 +51,16 @@ class ResultBuilder:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def failure(self) -> RadixLMError | None:
+        """The error of a request that failed for a client error (e.g. an invalid grammar)."""
+        if self.error_status is None:
+            return None
+        message = (self.finish_reason or {}).get("message") or "request failed"
+        return status_error(message, self.error_status)
+
     def raise_if_failed(self) -> None:
-        """A request that failed for a client error (e.g. an invalid grammar) raises it."""
-        if self.error_status is not None:
-            err = RequestError((self.finish_reason or {}).get("message") or "request failed")
-            err.http_status = self.error_status
+        err = self.failure()
+        if err is not None:
             raise err
 
     def update(self, out: ReqOutput, text_delta: str | None = None) -> None:
@@ -114,3 +119,11 @@ class ResultBuilder:
         if entries is None:
             return None
         return [[lp, tid, self._token_text(tid)] for lp, tid in entries]
+
+
+def status_error(message: str, status: int) -> RadixLMError:
+    """An error reported as (message, HTTP status) by the scheduler, raised here again: a
+    :class:`RequestError` for a client error (4xx)."""
+    err = RequestError(message) if status < 500 else RadixLMError(message)
+    err.http_status = status
+    return err

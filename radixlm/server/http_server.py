@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from radixlm import __version__
 from radixlm.errors import RadixLMError, RequestError
 from radixlm.server.http_util import (
     SSE_DONE,
     ClientDisconnected,
+    EventStream,
     close_quietly,
     next_unless_disconnected,
     sse,
@@ -117,21 +118,22 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:
         it = None
+        streaming = False
         try:
             obj = await _json_body(request)
             it = tm.generate(obj)
             first = await next_unless_disconnected(request, it)
+            if isinstance(obj, dict) and obj.get("stream"):
+                streaming = True
+                return EventStream(_sse_events(first, it), it)
+            return JSONResponse(first)
         except ClientDisconnected:
-            await close_quietly(it)  # aborts the request
             return Response(status_code=499)
         except Exception as e:
-            if it is not None:
-                await close_quietly(it)
             return _error(e)
-        if isinstance(obj, dict) and obj.get("stream"):
-            return StreamingResponse(_sse_events(first, it), media_type="text/event-stream")
-        await close_quietly(it)
-        return JSONResponse(first)
+        finally:
+            if not streaming:
+                await close_quietly(it)  # aborts what is unfinished
 
     @app.post("/abort_request")
     async def abort_request(request: Request) -> Response:
@@ -164,16 +166,9 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
             k: getattr(tm.engine_config, k) for k in tm.engine_config.field_names()
         }
         info.update({k: getattr(cfg, k) for k in cfg.field_names() if k != "api_key"})
+        info.update(tm.ready.server_info())
         info.update(
             served_model_name=tm.served_model_name,
-            max_total_num_tokens=tm.ready.max_total_tokens,
-            max_running_requests=tm.ready.max_running_requests,
-            attention_backend=tm.ready.attention_backend,
-            cuda_graph_mb=tm.ready.cuda_graph_mb,
-            context_length=tm.context_length,
-            max_req_input_len=tm.context_length - 1,
-            dtype=tm.ready.dtype,
-            device=tm.ready.device,
             version=__version__,
             scheduler=stats,
             internal_states=[

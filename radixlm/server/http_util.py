@@ -1,10 +1,11 @@
 """Helpers shared by the native and the OpenAI routes: SSE encoding, waiting for a generator's
-first result unless the client leaves (then the caller aborts it), and closing a generator
-even from a cancelled task."""
+first result unless the client leaves (then the caller aborts it), closing a generator even
+from a cancelled task, and the SSE response that closes its generator when the client leaves."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import anyio
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ async def wait_disconnect(request: Request) -> None:
         pass
 
 
-async def close_quietly(it: AsyncIterator[Any]) -> None:
+async def close_quietly(it: AsyncIterator[Any] | None) -> None:
     aclose = getattr(it, "aclose", None)
     if aclose is None:
         return
@@ -60,3 +62,30 @@ async def close_quietly(it: AsyncIterator[Any]) -> None:
 
 def sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that watches for the client leaving while the body is produced (not only
+    when a send fails) and always closes its body and the backend iterator behind it."""
+
+    def __init__(self, events: AsyncIterator[str], backend_iter: AsyncIterator[Any]) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self.backend_iter = backend_iter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def stream() -> None:
+                    with contextlib.suppress(OSError):  # the client went away mid-send
+                        await self.stream_response(send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(stream)
+                await self.listen_for_disconnect(receive)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            # The body never started if the client left at once: close the backend here too.
+            await close_quietly(self.backend_iter)

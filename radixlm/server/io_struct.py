@@ -47,6 +47,35 @@ class SchedulerReady:
     attention_backend: str = "torch_native"  # the one in use (after any fallback)
     cuda_graph_mb: float = 0.0
 
+    @classmethod
+    def from_runner(cls, runner: Any) -> SchedulerReady:
+        """What a loaded ``ModelRunner`` reports (the offline engine's server info too)."""
+        lim = runner.limits
+        return cls(
+            max_total_tokens=lim.max_total_tokens,
+            max_running_requests=lim.max_running_requests,
+            context_length=lim.max_req_len,
+            vocab_size=runner.vocab_size,
+            dtype=str(runner.dtype).replace("torch.", ""),
+            device=str(runner.device),
+            architecture=runner.model_config.architecture,
+            attention_backend=runner.config.attention_backend,
+            cuda_graph_mb=runner.graph_mb,
+        )
+
+    def server_info(self) -> dict[str, Any]:
+        """The ``get_server_info`` fields these limits answer (SGLang's names)."""
+        return {
+            "max_total_num_tokens": self.max_total_tokens,
+            "max_running_requests": self.max_running_requests,
+            "context_length": self.context_length,
+            "max_req_input_len": self.context_length - 1,
+            "dtype": self.dtype,
+            "device": self.device,
+            "attention_backend": self.attention_backend,
+            "cuda_graph_mb": self.cuda_graph_mb,
+        }
+
 
 @dataclass
 class SchedulerFailed:

@@ -13,21 +13,20 @@ queued is aborted as soon as its client goes away.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from radixlm.errors import RadixLMError
 from radixlm.server.chat_template import ChatTemplate
 from radixlm.server.http_util import (
     SSE_DONE,
     ClientDisconnected,
+    EventStream,
     close_quietly,
     next_unless_disconnected,
     sse,
@@ -114,7 +113,7 @@ async def _handle(
         first = await next_unless_disconnected(request, it)
         if call.stream:
             streaming = True
-            return _EventStream(_events(call, it, first), it)
+            return EventStream(_events(call, it, first), it)
         return JSONResponse(build_response(call, first))
     except ClientDisconnected:
         logger.debug("client disconnected before the result was ready")
@@ -152,31 +151,3 @@ async def _events(call: OpenAICall, it: AsyncIterator[Any], first: Any) -> Async
         yield SSE_DONE
     finally:
         await close_quietly(it)
-
-
-class _EventStream(StreamingResponse):
-    """An SSE response that watches for the client leaving while the body is produced (not only
-    when a send fails) and always closes its body and the backend iterator behind it."""
-
-    def __init__(self, events: AsyncIterator[str], backend_iter: AsyncIterator[Any]) -> None:
-        super().__init__(events, media_type="text/event-stream")
-        self.backend_iter = backend_iter
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-
-                async def stream() -> None:
-                    with contextlib.suppress(OSError):  # the client went away mid-send
-                        await self.stream_response(send)
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(stream)
-                await self.listen_for_disconnect(receive)
-                tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            await close_quietly(
-                self.backend_iter
-            )  # the body never started if the client left at once

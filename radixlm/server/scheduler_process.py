@@ -94,19 +94,8 @@ class SchedulerLoop:
             runner = ModelRunner(config)
         tokenizer = None if config.skip_tokenizer_init else load_tokenizer(config.tokenizer_path)
         self.scheduler = Scheduler(config, runner, tokenizer, forward_thread=thread)
-        lim = runner.limits
-        self.max_total_tokens = lim.max_total_tokens
-        ready = SchedulerReady(
-            max_total_tokens=lim.max_total_tokens,
-            max_running_requests=lim.max_running_requests,
-            context_length=lim.max_req_len,
-            vocab_size=runner.vocab_size,
-            dtype=str(runner.dtype).replace("torch.", ""),
-            device=str(runner.device),
-            architecture=runner.model_config.architecture,
-            attention_backend=runner.config.attention_backend,
-            cuda_graph_mb=runner.graph_mb,
-        )
+        ready = SchedulerReady.from_runner(runner)
+        self.max_total_tokens = ready.max_total_tokens
         self.to_main.send(codec.encode(ready))
         self._last_beat = 0.0
         self._beat_stats: dict[str, Any] = {}

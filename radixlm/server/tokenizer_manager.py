@@ -23,7 +23,7 @@ from typing import Any
 
 from radixlm.config import EngineConfig, ServerConfig
 from radixlm.entrypoints.request import build_requests
-from radixlm.entrypoints.result import ResultBuilder
+from radixlm.entrypoints.result import ResultBuilder, status_error
 from radixlm.errors import CapacityError, RadixLMError, RequestError
 from radixlm.server import codec
 from radixlm.server.io_struct import (
@@ -279,9 +279,7 @@ class TokenizerManager:
                     st = self.states.get(out.rid)
                     if st is not None:
                         st.builder.update(out, delta)
-                        if out.error_status is not None:
-                            st.error = RadixLMError(out.finished_reason.get("message", ""))
-                            st.error.http_status = out.error_status
+                        st.error = st.error or st.builder.failure()
                         self._observe(st, out)
                         st.wake.set()
             elif isinstance(msg, Heartbeat):
@@ -293,8 +291,7 @@ class TokenizerManager:
                 for rid in msg.rids:
                     st = self.states.get(rid)
                     if st is not None:
-                        st.error = RadixLMError(msg.message)
-                        st.error.http_status = msg.status
+                        st.error = status_error(msg.message, msg.status)
                         st.wake.set()
             elif isinstance(msg, ControlReply):
                 queue = self._control.get(msg.kind)

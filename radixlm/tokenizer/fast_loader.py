@@ -1,6 +1,5 @@
 """Loading a ``FastTokenizer`` (``fast.py``): the checks that decide when it may replace the
-transformers class, and the rebuild of the backend exactly as transformers 5 does it. Loading the GPT-2 tokenizer this way adds 34 MB of resident memory to a process
-that has imported torch, against 66 MB through transformers.
+transformers class, and the rebuild of the backend exactly as transformers 5 does it.
 
 When it is used — :func:`load_fast_tokenizer` returns one only if ALL of these hold, else None
 and ``load_tokenizer`` loads the transformers class as before (:func:`unsupported_reason` says
@@ -13,7 +12,7 @@ which condition failed):
   (``...Fast``) or ``GPT2Tokenizer`` (``...Fast``) — the class ``load_tokenizer`` would load;
   no ``auto_map`` (custom code);
 - every config key is one this module reproduces or one transformers stores without effect on
-  the API below (``_HANDLED_KEYS`` / ``_INERT_KEYS``); ``split_special_tokens`` is false;
+  the API of ``fast.py`` (``_HANDLED_KEYS`` / ``_INERT_KEYS``); ``split_special_tokens`` is false;
   special tokens are strings or serialized ``AddedToken`` s; no model-specific ``*_token`` keys;
 - ``tokenizer.json`` has a BPE model and no truncation / padding; for ``LlamaTokenizer`` it is
   not byte-level (the direct class then rebuilds it as SentencePiece-style, unlike AutoTokenizer);
@@ -26,16 +25,7 @@ built by the same steps — for ``TokenizersBackend`` the file as is; for ``Llam
 ``legacy=true``, ``never`` with ``add_prefix_space=false``; byte-fallback decoder), keeping the
 file's post-processor; then ``add_bos_token`` / ``add_eos_token`` ignored (tokenizer.json wins),
 a missing post-processor replaced by ``$A:0``, and the added tokens and special tokens re-added
-exactly as ``TokenizersBackend.__init__`` adds them. On top of it, the API RadixLM uses, with
-transformers' semantics: ``encode(text, add_special_tokens)``, ``decode`` (``skip_special_tokens``;
-``spaces_between_special_tokens`` and ``clean_up_tokenization_spaces`` are accepted and have no
-effect, as in transformers for BPE tokenizers), ``tokenize``, ``convert_ids_to_tokens``,
-``convert_tokens_to_ids``, ``convert_tokens_to_string``, ``get_vocab``, ``len()``, ``vocab_size``,
-``get_added_vocab``, ``added_tokens_decoder``, the named special tokens and their ids,
-``all_special_tokens`` / ``all_special_ids``, ``extra_special_tokens``, ``chat_template``
-(``chat_template.jinja`` over the config's), ``backend_tokenizer``. ``apply_chat_template`` is
-delegated to the transformers tokenizer, loaded on its first call (RadixLM does not call it).
-Not provided: ``__call__``, padding / truncation, batch encode, saving.
+exactly as ``TokenizersBackend.__init__`` adds them. The API on top of it is ``fast.py``'s.
 ``tests/unit/test_tokenizer_fast.py`` checks all of it against transformers.
 """
 
