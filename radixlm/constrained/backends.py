@@ -60,13 +60,12 @@ def create_backend(
         "whitespace_pattern": whitespace_pattern,
         "unenforced": unenforced,
         "max_spec_chars": max_spec_chars,
+        "tokenizer": tokenizer,
     }
     from radixlm.constrained import llguidance_backend
 
     if name == "llguidance":
-        return llguidance_backend.LLGuidanceBackend.from_vocabulary(
-            vocab, vocab_size, tokenizer=tokenizer, **options
-        )
+        return llguidance_backend.LLGuidanceBackend.from_vocabulary(vocab, vocab_size, **options)
     from radixlm.constrained.outlines_backend import OutlinesBackend
 
     outlines = OutlinesBackend.from_vocabulary(vocab, vocab_size, **options)
@@ -78,9 +77,7 @@ def create_backend(
             "compile are refused (pip install 'radixlm[grammar]')"
         )
         return outlines
-    fallback = llguidance_backend.LLGuidanceBackend.from_vocabulary(
-        vocab, vocab_size, tokenizer=tokenizer, **options
-    )
+    fallback = llguidance_backend.LLGuidanceBackend.from_vocabulary(vocab, vocab_size, **options)
     return AutoBackend(outlines, fallback, outlines_budget_s)
 
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
+from radixlm.constrained.vocabulary import TokenVocabulary, build_token_vocabulary
 from radixlm.errors import ConfigError, GrammarError
 
 # Spec kinds. ``dtype`` values: "int", "float", "bool", "str" (the frontend's gen(dtype=...));
@@ -105,9 +108,94 @@ class CompiledGrammar(ABC):
         """A fresh matcher at the initial state."""
 
 
+@dataclass(frozen=True)
+class SpecLimits:
+    """A backend's options for specs and its size limits (each limit → ``GrammarError``); the
+    regex limits apply to the spec → regex conversion (``specs.py``)."""
+
+    whitespace_pattern: str | None = None  # JSON whitespace; None = outlines' default "[ ]?"
+    max_depth: int = 3  # json_object: nesting levels of objects/arrays
+    max_spec_chars: int = 100_000
+    max_regex_chars: int = 200_000
+    max_regex_expansion: int = 100_000  # atoms after unrolling counted repeats ({m,n})
+    # Free-text positions (wide classes after unrolling); the backend derives it from its
+    # vocabulary size, since each such position costs about one FSM transition per token.
+    max_wide_positions: int | None = None
+    # JSON schema keywords the regex cannot enforce (schema_support.py): "reject" or "ignore".
+    unenforced: str = "ignore"
+
+
+_Backend = TypeVar("_Backend", bound="GrammarBackend")
+
+
 class GrammarBackend(ABC):
+    """Compiles specs over one vocabulary. Construct a concrete backend over a Hugging Face
+    tokenizer (``Backend(tokenizer, vocab_size, eos_token_ids, ...)``) or over a prepared
+    ``TokenVocabulary`` (``Backend.from_vocabulary(vocab, vocab_size, ...)``); ``options`` are
+    ``unenforced`` and ``max_spec_chars`` (``SpecLimits``), ``tokenizer`` (the one the
+    vocabulary was built from, if any) and the backend's own keywords (its ``_setup``).
+    """
+
     vocab_size: int  # rows of the model's logits (may exceed the tokenizer's vocabulary)
     kinds: tuple[str, ...] = KINDS  # the spec kinds ``compile`` accepts
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        eos_token_ids: Sequence[int],
+        whitespace_pattern: str | None = None,
+        max_depth: int = 3,
+        **options: Any,
+    ) -> None:
+        vocab = build_token_vocabulary(tokenizer, vocab_size, eos_token_ids)
+        self._bind(vocab, vocab_size, whitespace_pattern, max_depth, tokenizer=tokenizer, **options)
+
+    @classmethod
+    def from_vocabulary(
+        cls: type[_Backend],
+        vocabulary: TokenVocabulary,
+        vocab_size: int | None = None,
+        whitespace_pattern: str | None = None,
+        max_depth: int = 3,
+        **options: Any,
+    ) -> _Backend:
+        """A backend over a prepared vocabulary (tests, custom tokenizers, ``auto``)."""
+        self = cls.__new__(cls)
+        size = vocabulary.size if vocab_size is None else vocab_size
+        self._bind(vocabulary, size, whitespace_pattern, max_depth, **options)
+        return self
+
+    def _bind(
+        self,
+        vocab: TokenVocabulary,
+        vocab_size: int,
+        whitespace_pattern: str | None,
+        max_depth: int,
+        *,
+        unenforced: str = "ignore",
+        max_spec_chars: int = 100_000,
+        tokenizer: Any = None,
+        **options: Any,
+    ) -> None:
+        """Set the vocabulary fields every backend shares, then ``_setup`` the backend's own.
+        Ids ``>= limit`` (model padding rows) are never allowed."""
+        if not 1 <= max_depth <= 8:
+            raise ConfigError(f"the json_object max_depth must be in [1, 8], got {max_depth}")
+        self.vocab = vocab
+        self.vocab_size = vocab_size
+        self.words = (vocab_size + 31) // 32
+        self.limit = min(vocab.size, vocab_size)  # real ids are below this
+        self.eos_token_ids = tuple(i for i in vocab.eos_token_ids if 0 <= i < vocab_size)
+        self.eos_set = frozenset(self.eos_token_ids)
+        self.eos_mask = self._mask_row(np.zeros(0, dtype=np.int64), final=True)  # [words]
+        self.limits = SpecLimits(
+            whitespace_pattern=whitespace_pattern,
+            max_depth=max_depth,
+            unenforced=unenforced,
+            max_spec_chars=max_spec_chars,
+        )
+        self._setup(tokenizer, **options)
 
     def supports(self, kind: str) -> bool:
         """Whether ``compile`` accepts specs of ``kind`` at all (a request can be refused early)."""
@@ -120,20 +208,18 @@ class GrammarBackend(ABC):
     def close(self) -> None:  # noqa: B027 (an optional hook: most backends own no threads)
         """Release the backend's own threads, if any (compiled grammars stay usable)."""
 
-    def _bind(self, vocab: Any, vocab_size: int, limits: Any) -> None:
-        """Set the vocabulary fields every backend shares (``vocab``: a ``TokenVocabulary``,
-        ``limits``: ``SpecLimits``). Ids ``>= limit`` (model padding rows) are never allowed."""
-        if not 1 <= limits.max_depth <= 8:
-            raise ConfigError(
-                f"the json_object max_depth must be in [1, 8], got {limits.max_depth}"
-            )
-        self.vocab = vocab
-        self.vocab_size = vocab_size
-        self.words = (vocab_size + 31) // 32
-        self.limit = min(vocab.size, vocab_size)  # real ids are below this
-        self.eos_token_ids = tuple(i for i in vocab.eos_token_ids if 0 <= i < vocab_size)
-        self.eos_set = frozenset(self.eos_token_ids)
-        self.limits = limits
+    def _setup(self, tokenizer: Any) -> None:  # noqa: B027 (a hook; its keywords are options)
+        """Build the backend's own state over the bound vocabulary (``tokenizer`` may be None)."""
+
+    def _mask_row(self, allowed: np.ndarray, final: bool) -> torch.Tensor:
+        """``[words]`` int32 mask row of real ``allowed`` ids (and every EOS id when ``final``)."""
+        bits = np.zeros(self.words * 32, dtype=np.bool_)
+        bits[allowed] = True
+        if final:
+            bits[list(self.eos_token_ids)] = True
+        # bit j of word w = token 32*w + j: pack little-endian bits, read little-endian words.
+        words = np.packbits(bits, bitorder="little").view("<i4").astype(np.int32)
+        return torch.from_numpy(words)
 
     def allocate_mask(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """``[batch_size, ceil(vocab_size / 32)]`` int32, all tokens allowed (-1)."""

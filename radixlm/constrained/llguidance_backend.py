@@ -43,10 +43,8 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from radixlm.constrained.base import (
@@ -58,8 +56,14 @@ from radixlm.constrained.base import (
     UnsupportedGrammarError,
 )
 from radixlm.constrained.schema_support import closed_objects
-from radixlm.constrained.specs import DTYPE_REGEXES, SpecLimits, check_json_schema, choices_regex
-from radixlm.constrained.vocabulary import TokenVocabulary, build_token_vocabulary
+from radixlm.constrained.specs import (
+    check_json_schema,
+    check_spec,
+    choices_regex,
+    dtype_regex,
+    first_line,
+)
+from radixlm.constrained.vocabulary import TokenVocabulary
 from radixlm.errors import ConfigError, GrammarError
 
 logger = logging.getLogger(__name__)
@@ -133,65 +137,12 @@ class LLGuidanceBackend(GrammarBackend):
 
     kinds = KINDS
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        vocab_size: int,
-        eos_token_ids: Sequence[int],
-        whitespace_pattern: str | None = None,
-        max_depth: int = 3,
-        *,
-        unenforced: str = "ignore",
-        max_spec_chars: int = 100_000,
-    ) -> None:
-        vocab = build_token_vocabulary(tokenizer, vocab_size, eos_token_ids)
-        limits = SpecLimits(
-            whitespace_pattern=whitespace_pattern,
-            max_depth=max_depth,
-            unenforced=unenforced,
-            max_spec_chars=max_spec_chars,
-        )
-        self._setup(vocab, vocab_size, limits, tokenizer)
-
-    @classmethod
-    def from_vocabulary(
-        cls,
-        vocabulary: TokenVocabulary,
-        vocab_size: int | None = None,
-        whitespace_pattern: str | None = None,
-        max_depth: int = 3,
-        *,
-        unenforced: str = "ignore",
-        max_spec_chars: int = 100_000,
-        tokenizer: Any = None,
-    ) -> LLGuidanceBackend:
-        """A backend over a prepared vocabulary (tests, custom tokenizers, ``auto``);
-        ``tokenizer``, when given, is the one ``vocabulary`` was built from."""
-        self = cls.__new__(cls)
-        size = vocabulary.size if vocab_size is None else vocab_size
-        limits = SpecLimits(
-            whitespace_pattern=whitespace_pattern,
-            max_depth=max_depth,
-            unenforced=unenforced,
-            max_spec_chars=max_spec_chars,
-        )
-        self._setup(vocabulary, size, limits, tokenizer)
-        return self
-
-    def _setup(
-        self, vocab: TokenVocabulary, vocab_size: int, limits: SpecLimits, tokenizer: Any
-    ) -> None:
+    def _setup(self, tokenizer: Any) -> None:
         llg = _llguidance()
-        self._bind(vocab, vocab_size, limits)
         self._tokenizer = tokenizer
         self._ll_tokenizer: Any = None
         self._lock = threading.Lock()
         self._parser_limits = llg.LLParserLimits(verbose_errors=False)
-        bits = np.zeros(self.words * 32, dtype=np.bool_)
-        bits[list(self.eos_token_ids)] = True
-        # bit j of word w = token 32*w + j: pack little-endian bits, read little-endian words.
-        words = np.packbits(bits, bitorder="little").view("<i4").astype(np.int32)
-        self.eos_mask = torch.from_numpy(words)  # [words]: only the EOS bits
 
     @property
     def ll_tokenizer(self) -> Any:
@@ -221,28 +172,18 @@ class LLGuidanceBackend(GrammarBackend):
         """The llguidance grammar (its JSON format) for ``spec``; ``GrammarError`` if invalid.
         ``closed``: objects get no extra properties unless allowed (``closed_objects``)."""
         llm = _llguidance().LLMatcher
-        if spec.kind not in KINDS:
-            raise GrammarError(f"unknown grammar kind {spec.kind!r}; expected one of {list(KINDS)}")
-        if len(spec.value) > self.limits.max_spec_chars:
-            raise GrammarError(
-                f"the {spec.kind} constraint has {len(spec.value)} characters, more than the "
-                f"limit of {self.limits.max_spec_chars}; send a smaller one"
-            )
+        check_spec(spec, self.limits)
         if spec.kind == "regex":
             return llm.grammar_from_regex(spec.value)
         if spec.kind == "choices":
             return llm.grammar_from_regex(choices_regex(spec.value))
         if spec.kind == "dtype":
-            if spec.value not in DTYPE_REGEXES:
-                raise GrammarError(
-                    f"unknown dtype {spec.value!r}; expected one of {list(DTYPE_REGEXES)}"
-                )
-            return llm.grammar_from_regex(DTYPE_REGEXES[spec.value])
+            return llm.grammar_from_regex(dtype_regex(spec.value))
         if spec.kind == "ebnf":
             try:  # Lark syntax, or GBNF (``root ::= ...``), which llguidance converts to Lark
                 return _llguidance().grammar_from("ebnf", spec.value)
             except ValueError as e:
-                raise GrammarError(f"invalid ebnf grammar: {_first_line(e)}") from e
+                raise GrammarError(f"invalid ebnf grammar: {first_line(e)}") from e
         if spec.kind == "json_object":
             schema: dict = json_object_schema(self.limits.max_depth)
         else:
@@ -258,7 +199,7 @@ class LLGuidanceBackend(GrammarBackend):
         try:
             return llm.grammar_from_json_schema(schema, overrides=options)
         except ValueError as e:
-            raise GrammarError(f"json_schema cannot be read: {_first_line(e)}") from e
+            raise GrammarError(f"json_schema cannot be read: {first_line(e)}") from e
 
     def compile(self, spec: GrammarSpec) -> LLGuidanceGrammar:
         matcher = self._matcher(self.grammar_text(spec))
@@ -269,7 +210,7 @@ class LLGuidanceBackend(GrammarBackend):
             if not open_matcher.is_error():
                 matcher = open_matcher
         if matcher.is_error():
-            message = _first_line(matcher.get_error())
+            message = first_line(matcher.get_error())
             if spec.kind == "json_schema" and "nimplemented" in message:
                 raise UnsupportedGrammarError(
                     f"json_schema uses keywords the llguidance engine cannot enforce: {message}. "
@@ -298,11 +239,6 @@ def json_object_schema(max_depth: int) -> dict:
         defs[f"level{level}_object"] = {"type": "object", "additionalProperties": inner}
         defs[f"level{level}_array"] = {"type": "array", "items": inner}
     return {"$ref": "#/$defs/level1_object", "$defs": defs}
-
-
-def _first_line(error: object) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "unknown error"
 
 
 class LLGuidanceGrammar(CompiledGrammar):

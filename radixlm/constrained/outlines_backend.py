@@ -30,7 +30,6 @@ import os
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +45,7 @@ from radixlm.constrained.base import (
     GrammarSpec,
     UnsupportedGrammarError,
 )
-from radixlm.constrained.specs import SpecLimits, spec_to_regex
-from radixlm.constrained.vocabulary import TokenVocabulary, build_token_vocabulary
+from radixlm.constrained.specs import spec_to_regex
 from radixlm.errors import GrammarError
 
 DONE = -1  # matcher state after an EOS was accepted
@@ -105,63 +103,11 @@ class OutlinesBackend(GrammarBackend):
 
     kinds = tuple(k for k in KINDS if k != "ebnf")
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        vocab_size: int,
-        eos_token_ids: Sequence[int],
-        whitespace_pattern: str | None = None,
-        max_depth: int = 3,
-        *,
-        max_transitions: int = 50_000_000,
-        mask_cache_bytes: int = 64 << 20,
-        unenforced: str = "ignore",
-        max_spec_chars: int = 100_000,
-    ) -> None:
-        vocab = build_token_vocabulary(tokenizer, vocab_size, eos_token_ids)
-        limits = SpecLimits(
-            whitespace_pattern=whitespace_pattern,
-            max_depth=max_depth,
-            unenforced=unenforced,
-            max_spec_chars=max_spec_chars,
-        )
-        self._setup(vocab, vocab_size, limits, max_transitions, mask_cache_bytes)
-
-    @classmethod
-    def from_vocabulary(
-        cls,
-        vocabulary: TokenVocabulary,
-        vocab_size: int | None = None,
-        whitespace_pattern: str | None = None,
-        max_depth: int = 3,
-        *,
-        max_transitions: int = 50_000_000,
-        mask_cache_bytes: int = 64 << 20,
-        unenforced: str = "ignore",
-        max_spec_chars: int = 100_000,
-    ) -> OutlinesBackend:
-        """A backend over a prepared vocabulary (tests, custom tokenizers, ``auto``)."""
-        self = cls.__new__(cls)
-        size = vocabulary.size if vocab_size is None else vocab_size
-        limits = SpecLimits(
-            whitespace_pattern=whitespace_pattern,
-            max_depth=max_depth,
-            unenforced=unenforced,
-            max_spec_chars=max_spec_chars,
-        )
-        self._setup(vocabulary, size, limits, max_transitions, mask_cache_bytes)
-        return self
-
     def _setup(
-        self,
-        vocab: TokenVocabulary,
-        vocab_size: int,
-        limits: SpecLimits,
-        max_transitions: int,
-        mask_cache_bytes: int,
+        self, tokenizer: Any, *, max_transitions: int = 50_000_000, mask_cache_bytes: int = 64 << 20
     ) -> None:
-        self._bind(vocab, vocab_size, limits)
-        self.sentinel_id = max(vocab.size, vocab_size)
+        vocab = self.vocab
+        self.sentinel_id = max(vocab.size, self.vocab_size)
         groups: dict[bytes, list[int]] = {}
         for piece, ids in vocab.ids_by_bytes.items():
             real = [i for i in ids if i < self.limit]
@@ -174,11 +120,10 @@ class OutlinesBackend(GrammarBackend):
         self._outlines_vocab = Vocabulary(self.sentinel_id + 1, groups)
         # Each free-text position of a grammar costs about one FSM transition per token.
         max_wide = max(1, max_transitions // max(1, num_real))
-        self.limits = dataclasses.replace(limits, max_wide_positions=max_wide)
+        self.limits = dataclasses.replace(self.limits, max_wide_positions=max_wide)
         self.mask_cache = _MaskCache(mask_cache_bytes)
         self._keys = itertools.count()
-        done = self._row(np.zeros(0, dtype=np.int64), final=True)
-        self.done_info = _StateInfo(done, final=True, terminated=True, lcp=b"")
+        self.done_info = _StateInfo(self.eos_mask, final=True, terminated=True, lcp=b"")
 
     def compile(self, spec: GrammarSpec) -> OutlinesGrammar:
         regex = spec_to_regex(spec, self.limits)
@@ -196,16 +141,6 @@ class OutlinesBackend(GrammarBackend):
                 f"supported (regex: {regex[:200]!r})"
             ) from e
         return OutlinesGrammar(self, spec, regex, index, next(self._keys))
-
-    def _row(self, allowed: np.ndarray, final: bool) -> torch.Tensor:
-        """Mask row for real ``allowed`` ids (plus every EOS id when ``final``)."""
-        bits = np.zeros(self.words * 32, dtype=np.bool_)
-        bits[allowed] = True
-        if final:
-            bits[list(self.eos_token_ids)] = True
-        # bit j of word w = token 32*w + j: pack little-endian bits, read little-endian words.
-        words = np.packbits(bits, bitorder="little").view("<i4").astype(np.int32)
-        return torch.from_numpy(words)
 
 
 class OutlinesGrammar(CompiledGrammar):
@@ -249,7 +184,7 @@ class OutlinesGrammar(CompiledGrammar):
             # NOTE: a dead state (nothing allowed, not final) cannot come from a sound Index;
             # if one appears, allow EOS so sampling stays defined, and report it terminated.
             empty = allowed.size == 0
-            info = _StateInfo(b._row(allowed, final or empty), final, empty)
+            info = _StateInfo(b._mask_row(allowed, final or empty), final, empty)
             b.mask_cache.put((self.key, state), info)
         return info
 

@@ -24,6 +24,7 @@ spliced as ``"a|b"``); property names that JSON must escape are reported
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 UNENFORCED_KEYWORDS = frozenset(
@@ -37,6 +38,8 @@ UNENFORCED_KEYWORDS = frozenset(
 )  # fmt: skip
 # Keys whose values are maps of names → subschemas (not keywords themselves).
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
+# Keys whose values are data (instances, names), never subschemas.
+_DATA_KEYS = ("enum", "const", "default", "examples", "required")
 
 
 def unenforced_keywords(schema: Any, path: str = "") -> list[str]:
@@ -54,8 +57,8 @@ def unenforced_keywords(schema: Any, path: str = "") -> list[str]:
             for name, sub in value.items():
                 found += unenforced_keywords(sub, f"{where}/{name}")
             continue
-        if key in ("enum", "const", "default", "examples", "required"):
-            continue  # data, not subschemas
+        if key in _DATA_KEYS:
+            continue
         if key in UNENFORCED_KEYWORDS:
             found.append(f"{path or '/'}: {key}")
         elif isinstance(value, (dict, list)):
@@ -124,16 +127,23 @@ def with_json_safe_patterns(schema: Any) -> Any:
         return [with_json_safe_patterns(x) for x in schema]
     if not isinstance(schema, dict):
         return schema
+    out = _map_subschemas(schema, with_json_safe_patterns)
+    if isinstance(out.get("pattern"), str):
+        out["pattern"] = pattern_for_outlines(out["pattern"])
+    return out
+
+
+def _map_subschemas(node: dict, visit: Callable[[Any], Any]) -> dict:
+    """A copy of ``node`` with ``visit`` applied to every value that may hold subschemas: each
+    entry of a name → schema map, each other keyword's value; data keywords are kept as is."""
     out = {}
-    for key, value in schema.items():
-        if key == "pattern" and isinstance(value, str):
-            out[key] = pattern_for_outlines(value)
-        elif key in _SCHEMA_MAPS and isinstance(value, dict):
-            out[key] = {name: with_json_safe_patterns(sub) for name, sub in value.items()}
-        elif key in ("enum", "const", "default", "examples"):
+    for key, value in node.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: visit(sub) for name, sub in value.items()}
+        elif key in _DATA_KEYS:
             out[key] = value
         else:
-            out[key] = with_json_safe_patterns(value)
+            out[key] = visit(value)
     return out
 
 
@@ -197,7 +207,6 @@ def top_level_branches(regex: str) -> list[str]:
 # ---- const / enum values with objects or arrays -------------------------------------------------
 
 _PLACEHOLDER = "\ue000radixlm{}\ue001"  # private-use code points: never in a real schema
-_DATA_KEYS = ("enum", "const", "default", "examples", "required")
 
 
 def placeholder_regex(index: int) -> str:
@@ -221,15 +230,7 @@ def isolate_container_literals(schema: Any) -> tuple[Any, list[list[Any]]]:
         if values is not None and any(isinstance(v, (dict, list)) for v in values):
             found.append(_filter_by_siblings(node, values))
             return {"const": _PLACEHOLDER.format(len(found) - 1)}
-        out = {}
-        for key, value in node.items():
-            if key in _SCHEMA_MAPS and isinstance(value, dict):
-                out[key] = {name: visit(sub) for name, sub in value.items()}
-            elif key in _DATA_KEYS:
-                out[key] = value
-            else:
-                out[key] = visit(value)
-        return out
+        return _map_subschemas(node, visit)
 
     return visit(schema), found
 
@@ -311,14 +312,7 @@ def closed_objects(schema: Any) -> Any:
             return [visit(x) for x in node]
         if not isinstance(node, dict):
             return node
-        out = {}
-        for key, value in node.items():
-            if key in _SCHEMA_MAPS and isinstance(value, dict):
-                out[key] = {name: visit(sub) for name, sub in value.items()}
-            elif key in _DATA_KEYS:
-                out[key] = value
-            else:
-                out[key] = visit(value)
+        out = _map_subschemas(node, visit)
         extra = ("additionalProperties", "patternProperties", "unevaluatedProperties")
         props, required = node.get("properties"), node.get("required") or []
         if (

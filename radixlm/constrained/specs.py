@@ -31,7 +31,7 @@ from outlines_core.json_schema import (
     build_regex_from_schema,
 )
 
-from radixlm.constrained.base import KINDS, GrammarSpec, UnsupportedGrammarError
+from radixlm.constrained.base import KINDS, GrammarSpec, SpecLimits, UnsupportedGrammarError
 from radixlm.constrained.schema_support import (
     isolate_container_literals,
     literal_regex,
@@ -76,22 +76,6 @@ _WIDE_CLASS = 16
 
 
 @dataclass(frozen=True)
-class SpecLimits:
-    """Options and size limits of the spec → regex conversion (each limit → ``GrammarError``)."""
-
-    whitespace_pattern: str | None = None  # JSON whitespace; None = outlines' default "[ ]?"
-    max_depth: int = 3  # json_object: nesting levels of objects/arrays
-    max_spec_chars: int = 100_000
-    max_regex_chars: int = 200_000
-    max_regex_expansion: int = 100_000  # atoms after unrolling counted repeats ({m,n})
-    # Free-text positions (wide classes after unrolling); the backend derives it from its
-    # vocabulary size, since each such position costs about one FSM transition per token.
-    max_wide_positions: int | None = None
-    # JSON schema keywords the regex cannot enforce (schema_support.py): "reject" or "ignore".
-    unenforced: str = "ignore"
-
-
-@dataclass(frozen=True)
 class RegexCost:
     """Size of a regex with counted repeats unrolled: ``atoms`` in all, ``wide`` of them classes
     that match many characters (each such position allows most of a vocabulary)."""
@@ -103,19 +87,13 @@ class RegexCost:
 def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
     """The regex the whole output must match for ``spec``; ``GrammarError`` if it is invalid."""
     limits = limits or SpecLimits()
-    if spec.kind not in KINDS:
-        raise GrammarError(f"unknown grammar kind {spec.kind!r}; expected one of {list(KINDS)}")
     if spec.kind == "ebnf":
         raise UnsupportedGrammarError(
             "ebnf grammars are not supported by the outlines grammar backend; start the server "
             "with --grammar-backend llguidance or auto (pip install llguidance), or express the "
             "constraint as a regex or a JSON schema"
         )
-    if len(spec.value) > limits.max_spec_chars:  # the operator's limit, for every backend
-        raise GrammarError(
-            f"the {spec.kind} constraint has {len(spec.value)} characters, more than the limit "
-            f"of {limits.max_spec_chars}; send a smaller one"
-        )
+    check_spec(spec, limits)
     if spec.kind == "regex":
         regex = strip_anchors(spec.value)
     elif spec.kind == "json_schema":
@@ -125,11 +103,7 @@ def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
     elif spec.kind == "choices":
         regex = choices_regex(spec.value)
     else:
-        regex = DTYPE_REGEXES.get(spec.value)
-        if regex is None:
-            raise GrammarError(
-                f"unknown dtype {spec.value!r}; expected one of {list(DTYPE_REGEXES)}"
-            )
+        regex = dtype_regex(spec.value)
     if len(regex) > limits.max_regex_chars:
         raise UnsupportedGrammarError(
             f"the {spec.kind} constraint becomes a regex of {len(regex)} characters, more than the "
@@ -158,6 +132,31 @@ def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
             "regex repeat counts"
         )
     return regex
+
+
+def check_spec(spec: GrammarSpec, limits: SpecLimits) -> None:
+    """``GrammarError`` for an unknown kind or a spec over the operator's size limit (checked by
+    every backend)."""
+    if spec.kind not in KINDS:
+        raise GrammarError(f"unknown grammar kind {spec.kind!r}; expected one of {list(KINDS)}")
+    if len(spec.value) > limits.max_spec_chars:
+        raise GrammarError(
+            f"the {spec.kind} constraint has {len(spec.value)} characters, more than the limit "
+            f"of {limits.max_spec_chars}; send a smaller one"
+        )
+
+
+def dtype_regex(dtype: str) -> str:
+    """The regex of a ``dtype`` spec's value; ``GrammarError`` for an unknown one."""
+    if dtype not in DTYPE_REGEXES:
+        raise GrammarError(f"unknown dtype {dtype!r}; expected one of {list(DTYPE_REGEXES)}")
+    return DTYPE_REGEXES[dtype]
+
+
+def first_line(error: object) -> str:
+    """The first line of an engine's error message (they can run to pages)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "unknown error"
 
 
 def check_json_schema(schema: str) -> dict:
@@ -200,9 +199,8 @@ def json_schema_regex(
     try:
         regex = build_regex_from_schema(json.dumps(rewritten), whitespace_pattern)
     except ValueError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else "unknown error"
         raise UnsupportedGrammarError(
-            f"unsupported json_schema: {first_line}; supported: type, properties, required, "
+            f"unsupported json_schema: {first_line(e)}; supported: type, properties, required, "
             "items, enum, const, anyOf/oneOf/allOf, $ref to local $defs, string "
             "minLength/maxLength/pattern/format, array minItems/maxItems"
         ) from e

@@ -1,8 +1,8 @@
 """Constrained requests in the scheduler: compile off-thread, mask, advance, finish, jump.
 
-- ``submit``: a request with ``regex`` / ``json_schema`` / ``ebnf`` waits in the grammar queue while its
-  grammar compiles on the compiler's thread pool (identical specs compile once); ``poll``
-  releases it to the waiting queue, or fails it with the compile error (a 400).
+- ``submit``: a request with ``regex`` / ``json_schema`` / ``ebnf`` waits in the grammar queue
+  while its grammar compiles on the compiler's thread pool (identical specs compile once);
+  ``poll`` releases it to the waiting queue, or fails it with the compile error (a 400).
 - ``fill_mask``: right before a batch runs, one bitmask row per sampled request (all ones for
   unconstrained rows); the executor applies it to the logits.
 - ``accept``: advance the request's matcher by its new token; a matcher that is complete with
@@ -96,8 +96,7 @@ class GrammarManager:
                 still.append(req)
                 continue
             try:
-                req.grammar_compiled = job.result()
-                req.grammar = req.grammar_compiled.matcher()
+                req.grammar = job.result().matcher()
                 ready.append(req)
             except GrammarError as e:
                 failed.append((req, e))
@@ -145,8 +144,13 @@ class GrammarManager:
         )
         if new_output is None or not len(req.output_ids) < len(new_output) <= req.max_new_tokens:
             return None
-        matcher = req.grammar_compiled.matcher()
-        for tok in new_output:
+        # The matcher has advanced over exactly ``output_ids``: keep their common prefix with
+        # the re-tokenization and advance over the rest (no replay of the whole output).
+        old = req.output_ids
+        same = next((i for i, (a, b) in enumerate(zip(old, new_output)) if a != b), len(old))
+        matcher = req.grammar.copy()
+        matcher.rollback(len(old) - same)
+        for tok in new_output[same:]:
             if not matcher.advance(tok):
                 return None  # the re-tokenization is not accepted token by token: skip
         return new_output, matcher
