@@ -22,7 +22,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULE_POLICIES = ("lpm", "fcfs", "lof", "random", "dfs-weight")
 ATTENTION_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
-GRAMMAR_BACKENDS = ("outlines", "llguidance", "auto", "none")
+GRAMMAR_BACKENDS = ("auto", "llguidance", "outlines", "xgrammar", "none")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -99,24 +99,34 @@ class EngineConfig:
     stream_interval: int = _opt(1, "emit streamed output every N decode steps")
     grammar_backend: str = _opt(
         "auto",
-        "constrained decoding backend: auto (outlines-core first, llguidance for what it cannot "
-        "compile or compiles slowly, and for ebnf; = outlines without llguidance installed), "
-        "outlines (outlines-core DFAs), llguidance (pip install llguidance), none",
+        "constrained decoding backend: auto (per spec, the first backend that enforces it "
+        "exactly: llguidance for JSON schema, outlines-core for regex), llguidance, outlines "
+        "(outlines-core DFAs), xgrammar (pip install 'radixlm[xgrammar]'), none",
         GRAMMAR_BACKENDS,
     )
     grammar_compile_timeout: float = _opt(
-        30.0, "seconds a grammar may take to compile before the request fails with a 400"
+        30.0,
+        "seconds a grammar may take to compile (time queued for a worker not counted) before "
+        "the compile is killed and the request fails with a 400",
+    )
+    grammar_compile_workers: int = _opt(
+        2, "worker processes that compile grammars (one slow compile holds only one of them)"
+    )
+    grammar_compile_memory_mb: int = _opt(
+        4096, "address-space limit of each grammar compile worker (MB); 0 = no limit"
     )
     grammar_max_spec_chars: int = _opt(
         100_000, "longest regex / JSON schema accepted (characters); longer ones are a 400"
     )
     constrained_json_whitespace_pattern: str | None = _opt(
-        None, "regex for the whitespace JSON schemas allow between tokens; default: outlines'"
+        None,
+        "regex for the whitespace JSON schemas allow between tokens; default: none, the compact "
+        'layout of json.dumps(separators=(",", ":")), so jump-forward appends long forced runs',
     )
     json_schema_unenforced: str = _opt(
         "ignore",
-        "JSON schema keywords decoding cannot enforce (minimum, uniqueItems, …): ignore them "
-        "(best-effort, as SGLang; logged) or reject such schemas with a 400",
+        "JSON schema keywords no grammar backend enforces (uniqueItems, not, …): ignore them "
+        "(decode the rest exactly; the response names them) or reject such schemas with a 400",
         ("ignore", "reject"),
     )
     disable_jump_forward: bool = _opt(
@@ -170,6 +180,10 @@ class EngineConfig:
             raise ConfigError("schedule_aging_tokens_per_pass must be >= 0 (0 disables aging)")
         if self.grammar_compile_timeout <= 0:
             raise ConfigError("grammar_compile_timeout must be > 0")
+        if self.grammar_compile_workers < 1:
+            raise ConfigError("grammar_compile_workers must be >= 1")
+        if self.grammar_compile_memory_mb < 0:
+            raise ConfigError("grammar_compile_memory_mb must be >= 0 (0 = no limit)")
         if self.grammar_max_spec_chars < 1:
             raise ConfigError("grammar_max_spec_chars must be >= 1")
         if self.schedule_conservativeness <= 0:

@@ -1,43 +1,85 @@
 """Backend selection: ``--grammar-backend`` name → a ``GrammarBackend`` (backends imported lazily).
 
+- ``llguidance``: llguidance's Earley parser, strict JSON Schema. Compiles in milliseconds,
+  computes each mask on demand (tens of µs), takes the most of JSON Schema, and ``ebnf``.
 - ``outlines``: outlines-core. Compiles a spec to a regex and a token-level DFA up front, so a
   mask is a cached row copy (a few µs); compiling can take seconds, and specs beyond the regex
   conversion or its size guards are refused.
-- ``llguidance``: llguidance (optional: ``pip install 'radixlm[grammar]'``). Compiles in
-  milliseconds, computes each mask on demand (tens of µs), takes more of JSON Schema, and
-  ``ebnf`` (Lark / GBNF) grammars.
-- ``auto``: ``AutoBackend`` — outlines-core first; a spec it refuses as unsupported or too large
-  (``UnsupportedGrammarError``), or that it does not compile within ``outlines_budget_s``, is
-  compiled by llguidance; ``ebnf`` and ``json_object`` (JSON mode) go to llguidance directly.
-  Without llguidance installed, ``auto`` is ``outlines``.
+- ``xgrammar``: xgrammar (optional: ``pip install 'radixlm[xgrammar]'``), SGLang's default.
+- ``auto`` (default): ``AutoBackend`` — per spec kind, a fixed chain of backends, each asked to
+  enforce the spec *exactly*; the first that can serves it. Only the last one applies the
+  user's policy for keywords no backend enforces (drop and report them, or refuse them).
 
-Invariant: every backend returned here has the same ``vocab_size``, bitmask layout and EOS ids
-(they share one ``TokenVocabulary``), so matchers of different backends can share a batch mask.
+Invariants: which backend serves a spec depends on the spec alone, never on timing or load
+(so a greedy request gives the same output on an idle or a loaded machine); every backend
+returned here has the same ``vocab_size``, bitmask layout and EOS ids (they share one
+``TokenVocabulary``), so matchers of different backends can share a batch mask.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
 from radixlm.constrained.base import (
     CompiledGrammar,
+    GrammarArtifact,
     GrammarBackend,
     GrammarSpec,
     UnsupportedGrammarError,
 )
-from radixlm.constrained.vocabulary import build_token_vocabulary
+from radixlm.constrained.vocabulary import TokenVocabulary, build_token_vocabulary
 from radixlm.errors import ConfigError, GrammarError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("outlines", "llguidance", "auto")
-# ``auto`` gives outlines-core this long before compiling with llguidance instead.
-AUTO_OUTLINES_BUDGET_S = 1.0
+BACKENDS = ("auto", "llguidance", "outlines", "xgrammar")
+# ``auto``'s chain per spec kind: every backend but the last must enforce the spec exactly.
+# JSON Schema: llguidance first (milliseconds to compile, the most keywords), outlines-core
+# for what it alone translates exactly, then llguidance again under the user's policy.
+AUTO_CHAINS = {
+    "json_schema": ("llguidance", "outlines", "llguidance"),
+    "json_object": ("llguidance",),
+    "ebnf": ("llguidance",),
+    "regex": ("outlines", "llguidance"),
+    "choices": ("outlines", "llguidance"),
+    "dtype": ("outlines", "llguidance"),
+}
+
+
+@dataclass(frozen=True)
+class BackendRecipe:
+    """Everything needed to build the same backend again, picklable (a compile worker process
+    builds its own copy from it). ``options``: ``whitespace_pattern``, ``unenforced``,
+    ``max_spec_chars``; ``tokenizer``: the ``tokenizer.json`` text, if there is one."""
+
+    name: str
+    vocab: TokenVocabulary
+    vocab_size: int
+    options: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+
+    def build(self) -> GrammarBackend:
+        return _make(self.name, self)
+
+
+def recipe_for(
+    name: str,
+    tokenizer: Any,
+    vocab_size: int,
+    eos_token_ids: Sequence[int],
+    **options: Any,
+) -> BackendRecipe:
+    """The recipe of backend ``name`` over a Hugging Face ``tokenizer``; ``ConfigError`` for
+    an unknown name."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown grammar backend {name!r}; expected one of {list(BACKENDS)}")
+    from radixlm.constrained.llguidance_backend import tokenizer_json
+
+    vocab = build_token_vocabulary(tokenizer, vocab_size, eos_token_ids)
+    return BackendRecipe(name, vocab, vocab_size, options, tokenizer_json(tokenizer))
 
 
 def create_backend(
@@ -45,118 +87,107 @@ def create_backend(
     tokenizer: Any,
     vocab_size: int,
     eos_token_ids: Sequence[int],
-    *,
-    whitespace_pattern: str | None = None,
-    unenforced: str = "ignore",
-    max_spec_chars: int = 100_000,
-    outlines_budget_s: float = AUTO_OUTLINES_BUDGET_S,
+    **options: Any,
 ) -> GrammarBackend:
-    """The backend called ``name`` over ``tokenizer``; ``ConfigError`` for an unknown name or
-    ``llguidance`` without the package installed."""
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown grammar backend {name!r}; expected one of {list(BACKENDS)}")
-    vocab = build_token_vocabulary(tokenizer, vocab_size, eos_token_ids)
-    options = {
-        "whitespace_pattern": whitespace_pattern,
-        "unenforced": unenforced,
-        "max_spec_chars": max_spec_chars,
-        "tokenizer": tokenizer,
-    }
-    from radixlm.constrained import llguidance_backend
+    """The backend called ``name`` over ``tokenizer`` (``options``: see ``BackendRecipe``);
+    ``ConfigError`` for an unknown name or a backend whose package is not installed."""
+    return recipe_for(name, tokenizer, vocab_size, eos_token_ids, **options).build()
 
+
+def _make(name: str, recipe: BackendRecipe) -> GrammarBackend:
+    args = (recipe.vocab, recipe.vocab_size)
+    kwargs = {**recipe.options, "tokenizer": recipe.tokenizer}
     if name == "llguidance":
-        return llguidance_backend.LLGuidanceBackend.from_vocabulary(vocab, vocab_size, **options)
-    from radixlm.constrained.outlines_backend import OutlinesBackend
+        from radixlm.constrained.llguidance_backend import LLGuidanceBackend
 
-    outlines = OutlinesBackend.from_vocabulary(vocab, vocab_size, **options)
+        return LLGuidanceBackend.from_vocabulary(*args, **kwargs)
     if name == "outlines":
-        return outlines
-    if not llguidance_backend.llguidance_available():
-        logger.warning(
-            "--grammar-backend auto: llguidance is not installed, so specs outlines-core cannot "
-            "compile are refused (pip install 'radixlm[grammar]')"
-        )
-        return outlines
-    fallback = llguidance_backend.LLGuidanceBackend.from_vocabulary(vocab, vocab_size, **options)
-    return AutoBackend(outlines, fallback, outlines_budget_s)
+        from radixlm.constrained.outlines_backend import OutlinesBackend
+
+        return OutlinesBackend.from_vocabulary(*args, **kwargs)
+    if name == "xgrammar":
+        from radixlm.constrained.xgrammar_backend import XGrammarBackend
+
+        return XGrammarBackend.from_vocabulary(*args, **kwargs)
+    members = {
+        n: _make(n, recipe) for n in dict.fromkeys(n for c in AUTO_CHAINS.values() for n in c)
+    }
+    return AutoBackend(members)
 
 
 class AutoBackend(GrammarBackend):
-    """``primary`` (fast masks) first, ``fallback`` (compiles anything, fast) for the rest.
+    """Serves each spec with the first backend of its kind's chain (``AUTO_CHAINS``) that
+    enforces it exactly; the last backend of the chain applies the user's policy.
+    ``stats`` counts which backend served how many specs."""
 
-    A primary compile runs on this backend's own pool of ``max_workers`` threads so that it can
-    be abandoned after ``budget_s``: it is not interrupted (outlines-core cannot be), its result
-    is dropped, and it keeps its thread busy until it ends — so abandoned compiles occupy at
-    most ``max_workers`` cores (default one), and specs queued behind them fall back to the
-    fallback backend once their budget is spent (a queued compile is cancelled, never run).
-    ``stats`` counts the outcomes (``primary``, ``unsupported``, ``over_budget``, ``failed``).
-    """
+    name = "auto"
 
-    def __init__(
-        self,
-        primary: GrammarBackend,
-        fallback: GrammarBackend,
-        budget_s: float = AUTO_OUTLINES_BUDGET_S,
-        max_workers: int = 1,
-    ) -> None:
-        if primary.vocab_size != fallback.vocab_size:
-            raise ConfigError("auto: both grammar backends must have the same vocab_size")
-        self.primary = primary
-        self.fallback = fallback
-        self.budget_s = budget_s
-        self.vocab_size = primary.vocab_size
-        self.kinds = tuple(dict.fromkeys(primary.kinds + fallback.kinds))
-        # JSON mode: outlines-core needs seconds for its bounded-depth regex (2.6 s for a
-        # 512-token vocabulary, 3.5 s for GPT-2's), llguidance milliseconds.
-        self.fallback_first = ("json_object",)
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="grammar-auto")
-        self._running: set[Future] = set()
-        self._lock = threading.Lock()
-        self.stats = {"primary": 0, "unsupported": 0, "over_budget": 0, "failed": 0}
+    def __init__(self, members: dict[str, GrammarBackend]) -> None:
+        first = next(iter(members.values()))
+        if any(m.vocab_size != first.vocab_size for m in members.values()):
+            raise ConfigError("auto: all grammar backends must have the same vocab_size")
+        self.members = members
+        self.vocab = first.vocab
+        self.vocab_size = first.vocab_size
+        self.limits = first.limits
+        self.eos_token_ids = first.eos_token_ids
+        self.kinds = tuple(k for k, chain in AUTO_CHAINS.items() if chain)
+        self.stats: dict[str, int] = {name: 0 for name in members}
 
-    def compile(self, spec: GrammarSpec) -> CompiledGrammar:
-        if spec.kind in self.fallback_first or not self.primary.supports(spec.kind):
-            return self.fallback.compile(spec)
-        future = self._pool.submit(self.primary.compile, spec)
-        with self._lock:
-            self._running.add(future)
-        future.add_done_callback(self._finished)
-        try:
-            compiled = future.result(timeout=self.budget_s)
-        except UnsupportedGrammarError as e:
-            outcome, reason = "unsupported", str(e)
-        except FutureTimeout:
-            future.cancel()  # still queued: never starts; running: finishes in the background
-            outcome, reason = "over_budget", f"not compiled within {self.budget_s:g} s"
-        except GrammarError:
-            raise  # an invalid spec: the fallback would refuse it too
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as e:  # a primary backend bug or a Rust panic: the fallback tries
-            logger.exception("auto: the primary grammar backend failed on a %s spec", spec.kind)
-            outcome, reason = "failed", f"{type(e).__name__}: {e}"
-        else:
-            self._count("primary")
-            return compiled
-        self._count(outcome)
-        logger.info("auto: %s spec goes to the fallback backend (%s)", spec.kind, reason[:200])
-        return self.fallback.compile(spec)
+    def build(self, spec: GrammarSpec, policy: str | None = None) -> GrammarArtifact:
+        chain = [self.members[n] for n in AUTO_CHAINS.get(spec.kind, ())]
+        if not chain:
+            raise UnsupportedGrammarError(f"no grammar backend takes {spec.kind} constraints")
+        for backend in chain[:-1]:
+            if not backend.supports(spec.kind):
+                continue
+            try:
+                artifact = backend.build(spec, "exact")
+            except UnsupportedGrammarError as e:
+                logger.debug("auto: %s does not take this %s spec: %s", backend.name, spec.kind, e)
+                continue
+            self.stats[backend.name] += 1
+            return artifact
+        artifact = chain[-1].build(spec, policy)
+        self.stats[chain[-1].name] += 1
+        return artifact
 
-    def _finished(self, future: Future) -> None:
-        with self._lock:
-            self._running.discard(future)
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no primary compile (an abandoned one included) is queued or running;
-        False if some still is after ``timeout_s`` (benchmarks use it to measure cleanly)."""
-        with self._lock:
-            pending = list(self._running)
-        return not wait(pending, timeout=timeout_s).not_done
-
-    def _count(self, outcome: str) -> None:
-        with self._lock:
-            self.stats[outcome] += 1
+    def load(self, artifact: GrammarArtifact) -> CompiledGrammar:
+        return self.members[artifact.backend].load(artifact)
 
     def close(self) -> None:
-        """Stop the primary's pool; compiles still running are not waited for."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for member in self.members.values():
+            member.close()
+
+
+def check_enforceable(schema_text: str, name: str) -> None:
+    """Refuse up front (``GrammarError``, a 400) a JSON schema with keywords that backend
+    ``name`` (for ``auto``: every backend of its chain) cannot enforce exactly, naming each
+    keyword and its JSON pointer. For OpenAI ``strict: true`` and
+    ``--json-schema-unenforced reject``; decided from the schema alone, as ``build`` does."""
+    from radixlm.constrained.llguidance_backend import LLGUIDANCE_SUPPORT
+    from radixlm.constrained.schema_exact import describe, find_unenforced
+    from radixlm.constrained.schema_rewrite import normalize
+    from radixlm.constrained.schema_support import OUTLINES_SUPPORT
+    from radixlm.constrained.specs import check_json_schema
+
+    supports = {"llguidance": [LLGUIDANCE_SUPPORT], "outlines": [OUTLINES_SUPPORT]}
+    supports["auto"] = [LLGUIDANCE_SUPPORT, OUTLINES_SUPPORT]
+    if name == "xgrammar":
+        from radixlm.constrained.xgrammar_backend import XGRAMMAR_SUPPORT
+
+        supports["xgrammar"] = [XGRAMMAR_SUPPORT]
+    if name not in supports:
+        return  # "none": constrained requests are refused anyway
+    normalized = normalize(check_json_schema(schema_text))
+    first = None
+    for support in supports[name]:
+        found = find_unenforced(normalized, support)
+        if not found:
+            return
+        first = first or found
+    raise GrammarError(
+        f"json_schema uses keywords this server cannot enforce exactly: {describe(first or [])}. "
+        "Remove them, or send the request without strict mode: it is then decoded with those "
+        "keywords dropped, and the response names them (choices[].constraint.unenforced)"
+    )

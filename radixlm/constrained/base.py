@@ -10,8 +10,16 @@
 Invariants: a matcher only ever advances by tokens it allowed; EOS is allowed exactly in final
 states; ``is_terminated()`` means "final and nothing but EOS is allowed" (the request ends).
 A backend refuses a spec it cannot handle with ``GrammarError``; when the spec is valid but
-beyond this backend (a missing feature, a size guard), with ``UnsupportedGrammarError``, so that
+beyond this backend (a missing feature, a size guard, a JSON Schema keyword it does not enforce
+exactly under the ``exact`` policy), with ``UnsupportedGrammarError``, so that
 ``--grammar-backend auto`` can hand it to another backend.
+
+Compiling has two halves so that the slow one can run in a killable worker process
+(``compile_workers.py``): ``build(spec, policy)`` does all the work and returns a picklable
+``GrammarArtifact``; ``load(artifact)`` turns it into a ``CompiledGrammar`` in milliseconds.
+``compile`` is both in one call. A ``CompiledGrammar`` knows which backend built it, the JSON
+Schema keywords it does not enforce (``unenforced``, each with its JSON pointer), and checks a
+finished output against the schema the user sent (``check_output``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from radixlm.constrained.output_check import OutputCheck
+from radixlm.constrained.schema_exact import SchemaSupport, Unenforced, enforceable
 from radixlm.constrained.vocabulary import TokenVocabulary, build_token_vocabulary
 from radixlm.errors import ConfigError, GrammarError
 
@@ -36,6 +46,12 @@ KINDS = ("regex", "json_schema", "json_object", "choices", "dtype", "ebnf")
 class UnsupportedGrammarError(GrammarError):
     """A valid spec that this backend cannot compile (a feature it lacks, one of its size
     guards, its time budget); another backend may."""
+
+
+# What a backend does with JSON Schema keywords it cannot enforce (``schema_exact``):
+# "exact" refuses the schema as unsupported (``auto`` then tries the next backend), "ignore"
+# drops them and reports them, "reject" refuses the schema with a 400 that names them.
+POLICIES = ("exact", "ignore", "reject")
 
 
 @dataclass(frozen=True)
@@ -61,9 +77,21 @@ class GrammarSpec:
         try:
             if json.loads(json_schema) == {"type": "object"}:
                 return cls("json_object", "")
-        except ValueError:
+        except (ValueError, RecursionError):
             pass  # the backend reports the invalid JSON
         return cls("json_schema", json_schema)
+
+
+@dataclass(frozen=True)
+class GrammarArtifact:
+    """What ``GrammarBackend.build`` hands to ``load``: picklable, so it can come back from a
+    worker process. ``payload`` is the backend's own (an llguidance grammar, a serialised
+    outlines-core ``Index``); ``unenforced`` the schema keywords the grammar does not enforce."""
+
+    backend: str  # the name of the backend that built it (``auto`` loads with that one)
+    spec: GrammarSpec
+    payload: Any
+    unenforced: tuple[Unenforced, ...] = ()
 
 
 class GrammarMatcher(ABC):
@@ -103,9 +131,24 @@ class GrammarMatcher(ABC):
 
 
 class CompiledGrammar(ABC):
+    """Shared by every request with the same spec. Subclasses set ``spec``, ``backend_name`` and
+    ``unenforced`` (from the artifact)."""
+
+    spec: GrammarSpec
+    backend_name: str
+    unenforced: tuple[Unenforced, ...] = ()
+    _output_check: OutputCheck | None = None
+
     @abstractmethod
     def matcher(self) -> GrammarMatcher:
         """A fresh matcher at the initial state."""
+
+    def check_output(self, text: str) -> tuple[bool | None, str | None]:
+        """``(valid, error)`` of a complete output: JSON kinds are parsed and validated against
+        the schema as the user sent it (``None`` for kinds that are not checked)."""
+        if self._output_check is None:
+            self._output_check = OutputCheck(self.spec)
+        return self._output_check(text)
 
 
 @dataclass(frozen=True)
@@ -113,7 +156,9 @@ class SpecLimits:
     """A backend's options for specs and its size limits (each limit → ``GrammarError``); the
     regex limits apply to the spec → regex conversion (``specs.py``)."""
 
-    whitespace_pattern: str | None = None  # JSON whitespace; None = outlines' default "[ ]?"
+    # JSON whitespace between tokens (a regex); None = the compact layout of
+    # ``json.dumps(separators=(",", ":"))``, no whitespace at all (forced runs stay long).
+    whitespace_pattern: str | None = None
     max_depth: int = 3  # json_object: nesting levels of objects/arrays
     max_spec_chars: int = 100_000
     max_regex_chars: int = 200_000
@@ -121,7 +166,7 @@ class SpecLimits:
     # Free-text positions (wide classes after unrolling); the backend derives it from its
     # vocabulary size, since each such position costs about one FSM transition per token.
     max_wide_positions: int | None = None
-    # JSON schema keywords the regex cannot enforce (schema_support.py): "reject" or "ignore".
+    # JSON Schema keywords the backend cannot enforce (schema_exact.py): "ignore" or "reject".
     unenforced: str = "ignore"
 
 
@@ -136,8 +181,10 @@ class GrammarBackend(ABC):
     vocabulary was built from, if any) and the backend's own keywords (its ``_setup``).
     """
 
+    name: str  # the ``--grammar-backend`` name
     vocab_size: int  # rows of the model's logits (may exceed the tokenizer's vocabulary)
     kinds: tuple[str, ...] = KINDS  # the spec kinds ``compile`` accepts
+    json_support: SchemaSupport | None = None  # the JSON Schema keywords it enforces exactly
 
     def __init__(
         self,
@@ -202,8 +249,31 @@ class GrammarBackend(ABC):
         return kind in self.kinds
 
     @abstractmethod
-    def compile(self, spec: GrammarSpec) -> CompiledGrammar:
-        """Slow: build the FSM. Raises ``GrammarError`` naming the problem for a bad spec."""
+    def build(self, spec: GrammarSpec, policy: str | None = None) -> GrammarArtifact:
+        """Slow (may run in a worker process): everything ``load`` needs. Raises
+        ``GrammarError`` naming the problem for a bad spec. ``policy`` (``POLICIES``) overrides
+        ``policy_for``'s choice for unenforceable JSON Schema keywords."""
+
+    @abstractmethod
+    def load(self, artifact: GrammarArtifact) -> CompiledGrammar:
+        """Fast: the compiled grammar of an artifact this backend (same options) built."""
+
+    def compile(self, spec: GrammarSpec, policy: str | None = None) -> CompiledGrammar:
+        """``build`` then ``load``, in this process."""
+        return self.load(self.build(spec, policy))
+
+    def policy_for(self, spec: GrammarSpec, policy: str | None = None) -> str:
+        """What to do with unenforceable keywords: ``policy`` if given, else the operator's
+        ``--json-schema-unenforced``."""
+        if policy is not None and policy not in POLICIES:
+            raise ConfigError(f"unknown policy {policy!r}; expected one of {list(POLICIES)}")
+        return policy or self.limits.unenforced
+
+    def enforceable_schema(self, schema: Any, policy: str) -> tuple[Any, tuple[Unenforced, ...]]:
+        """``schema`` rewritten into what this backend enforces exactly, and the keywords it
+        dropped (only under "ignore"); see ``schema_exact.enforceable``."""
+        assert self.json_support is not None
+        return enforceable(schema, self.json_support, policy)
 
     def close(self) -> None:  # noqa: B027 (an optional hook: most backends own no threads)
         """Release the backend's own threads, if any (compiled grammars stay usable)."""

@@ -11,8 +11,9 @@ Compared with outlines-core, nothing is precomputed per state: compiling only pa
 grammar (milliseconds even for large schemas, so no size guards), and each mask is computed on
 demand by walking the token trie (tens of µs for a 50k vocabulary). llguidance also takes
 Lark/GBNF grammars (kind ``ebnf``) and enforces more of JSON Schema (numeric bounds among
-others); with ``--json-schema-unenforced ignore`` its ``lenient`` option skips keywords it does
-not implement, with ``reject`` they are refused. Objects with ``properties`` get no extra
+others). It always runs in strict mode (``lenient`` off): the keywords it does not enforce
+(``LLGUIDANCE_SUPPORT``) are refused or removed and reported before it sees the schema
+(``schema_exact``), never skipped silently. Objects with ``properties`` get no extra
 properties unless the schema allows them explicitly, as with outlines-core
 (``schema_support.closed_objects``).
 
@@ -50,11 +51,13 @@ import torch
 from radixlm.constrained.base import (
     KINDS,
     CompiledGrammar,
+    GrammarArtifact,
     GrammarBackend,
     GrammarMatcher,
     GrammarSpec,
     UnsupportedGrammarError,
 )
+from radixlm.constrained.schema_exact import SchemaSupport, Unenforced
 from radixlm.constrained.schema_support import closed_objects
 from radixlm.constrained.specs import (
     check_json_schema,
@@ -68,9 +71,25 @@ from radixlm.errors import ConfigError, GrammarError
 
 logger = logging.getLogger(__name__)
 
-# The whitespace outlines-core allows between JSON tokens by default; used here too so that the
-# two backends (and ``auto``, which mixes them) produce the same JSON layout.
-DEFAULT_JSON_WHITESPACE = "[ ]?"
+# What llguidance (strict mode) enforces exactly: each keyword and format is proven against
+# jsonschema by tests/unit/test_schema_exact.py. ``oneOf`` is exact only once
+# ``schema_rewrite`` has proven its branches disjoint (it is then an ``anyOf``).
+LLGUIDANCE_SUPPORT = SchemaSupport(
+    name="llguidance",
+    exact=frozenset(
+        {
+            "$ref", "type", "enum", "const", "properties", "required", "additionalProperties",
+            "patternProperties", "minProperties", "maxProperties", "items", "prefixItems",
+            "additionalItems", "minItems", "maxItems", "anyOf", "allOf", "minLength",
+            "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
+            "exclusiveMaximum", "multipleOf",
+        }
+    ),
+    formats=frozenset(
+        {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid",
+         "uri"}
+    ),
+)  # fmt: skip
 
 
 def _llguidance() -> Any:
@@ -92,6 +111,20 @@ def llguidance_available() -> bool:
     except ConfigError:
         return False
     return True
+
+
+def tokenizer_json(tokenizer: Any) -> str | None:
+    """The ``tokenizer.json`` text of a Hugging Face fast tokenizer (padding and truncation off,
+    as llguidance expects), ``tokenizer`` itself if it is that text already, else None."""
+    if tokenizer is None or isinstance(tokenizer, str):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    backend = copy.copy(backend)
+    backend.no_padding()
+    backend.no_truncation()
+    return backend.to_str()
 
 
 class _VocabTokenizer:
@@ -129,17 +162,19 @@ class _VocabTokenizer:
 class LLGuidanceBackend(GrammarBackend):
     """Compiles ``GrammarSpec`` s over one tokenizer's vocabulary with llguidance.
 
-    ``whitespace_pattern``: the whitespace JSON allows between tokens (default outlines'
-    ``[ ]?``; any regex, llguidance puts it between any two JSON tokens); ``max_depth`` bounds
-    the nesting of the ``json_object`` kind, as with outlines; ``unenforced="reject"`` refuses
-    JSON Schema keywords llguidance does not implement, ``"ignore"`` skips them.
+    ``whitespace_pattern``: the whitespace JSON allows between tokens (default none: the
+    compact layout; any regex, llguidance puts it between any two JSON tokens); ``max_depth``
+    bounds the nesting of the ``json_object`` kind, as with outlines; JSON Schema keywords
+    outside ``LLGUIDANCE_SUPPORT`` follow ``policy_for`` (refused, or dropped and reported).
     """
 
+    name = "llguidance"
     kinds = KINDS
+    json_support = LLGUIDANCE_SUPPORT
 
     def _setup(self, tokenizer: Any) -> None:
         llg = _llguidance()
-        self._tokenizer = tokenizer
+        self._tokenizer = tokenizer  # a Hugging Face tokenizer, its tokenizer.json text, or None
         self._ll_tokenizer: Any = None
         self._lock = threading.Lock()
         self._parser_limits = llg.LLParserLimits(verbose_errors=False)
@@ -155,69 +190,85 @@ class LLGuidanceBackend(GrammarBackend):
     def _build_ll_tokenizer(self) -> Any:
         llg = _llguidance()
         eos = list(self.eos_token_ids)
-        backend = getattr(self._tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            backend = copy.copy(backend)  # padding/truncation off, as llguidance expects
-            backend.no_padding()
-            backend.no_truncation()
+        text = tokenizer_json(self._tokenizer)
+        if text is not None:
             try:
-                return llg.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size, eos_token=eos)
+                return llg.LLTokenizer(text, n_vocab=self.vocab_size, eos_token=eos)
             except Exception as e:  # a tokenizer.json llguidance cannot read: greedy fallback
                 logger.warning("llguidance cannot load the tokenizer natively (%s)", e)
         wrapper = llg.TokenizerWrapper(_VocabTokenizer(self.vocab, self.vocab_size, self.limit))
         return llg.LLTokenizer(wrapper, n_vocab=self.vocab_size, eos_token=eos)
 
     # ---- spec → llguidance grammar -----------------------------------------------------------
-    def grammar_text(self, spec: GrammarSpec, closed: bool = True) -> str:
-        """The llguidance grammar (its JSON format) for ``spec``; ``GrammarError`` if invalid.
-        ``closed``: objects get no extra properties unless allowed (``closed_objects``)."""
+    def grammar_text(
+        self, spec: GrammarSpec, policy: str | None = None, closed: bool = True
+    ) -> tuple[str, tuple[Unenforced, ...]]:
+        """The llguidance grammar (its JSON format) for ``spec`` and the schema keywords it does
+        not enforce; ``GrammarError`` if invalid. ``closed``: objects get no extra properties
+        unless allowed (``closed_objects``)."""
         llm = _llguidance().LLMatcher
         check_spec(spec, self.limits)
         if spec.kind == "regex":
-            return llm.grammar_from_regex(spec.value)
+            return llm.grammar_from_regex(spec.value), ()
         if spec.kind == "choices":
-            return llm.grammar_from_regex(choices_regex(spec.value))
+            return llm.grammar_from_regex(choices_regex(spec.value)), ()
         if spec.kind == "dtype":
-            return llm.grammar_from_regex(dtype_regex(spec.value))
+            return llm.grammar_from_regex(dtype_regex(spec.value)), ()
         if spec.kind == "ebnf":
             try:  # Lark syntax, or GBNF (``root ::= ...``), which llguidance converts to Lark
-                return _llguidance().grammar_from("ebnf", spec.value)
+                return _llguidance().grammar_from("ebnf", spec.value), ()
             except ValueError as e:
                 raise GrammarError(f"invalid ebnf grammar: {first_line(e)}") from e
+        unenforced: tuple[Unenforced, ...] = ()
         if spec.kind == "json_object":
-            schema: dict = json_object_schema(self.limits.max_depth)
+            schema: Any = json_object_schema(self.limits.max_depth)
         else:
-            schema = check_json_schema(spec.value)
+            schema, unenforced = self.enforceable_schema(
+                check_json_schema(spec.value), self.policy_for(spec, policy)
+            )
             if closed:
                 schema = closed_objects(schema)
-        options = {
-            "whitespace_pattern": self.limits.whitespace_pattern
-            if self.limits.whitespace_pattern is not None
-            else DEFAULT_JSON_WHITESPACE,
-            "lenient": self.limits.unenforced != "reject",
-        }
         try:
-            return llm.grammar_from_json_schema(schema, overrides=options)
+            return llm.grammar_from_json_schema(schema, overrides=self._json_options()), unenforced
         except ValueError as e:
             raise GrammarError(f"json_schema cannot be read: {first_line(e)}") from e
 
-    def compile(self, spec: GrammarSpec) -> LLGuidanceGrammar:
-        matcher = self._matcher(self.grammar_text(spec))
+    def _json_options(self) -> dict[str, Any]:
+        """Strict JSON Schema (``lenient`` off: ``schema_exact`` removed what is not enforced)
+        and the JSON layout: compact by default, else the configured whitespace."""
+        pattern = self.limits.whitespace_pattern
+        if pattern is None:
+            layout = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+        else:
+            layout = {"whitespace_pattern": pattern}
+        return {**layout, "lenient": False}
+
+    def build(self, spec: GrammarSpec, policy: str | None = None) -> GrammarArtifact:
+        grammar, unenforced = self.grammar_text(spec, policy)
+        matcher = self._matcher(grammar)
         if matcher.is_error() and spec.kind == "json_schema":
             # Closing the objects can make a schema unsatisfiable (an intersection it did not
             # recognise): the schema as written then decides.
-            open_matcher = self._matcher(self.grammar_text(spec, closed=False))
+            open_grammar, _ = self.grammar_text(spec, policy, closed=False)
+            open_matcher = self._matcher(open_grammar)
             if not open_matcher.is_error():
-                matcher = open_matcher
+                grammar, matcher = open_grammar, open_matcher
+        if not matcher.is_error():
+            matcher.compute_bitmask()  # the first mask: a grammar that allows nothing fails now
         if matcher.is_error():
             message = first_line(matcher.get_error())
             if spec.kind == "json_schema" and "nimplemented" in message:
                 raise UnsupportedGrammarError(
-                    f"json_schema uses keywords the llguidance engine cannot enforce: {message}. "
-                    "Remove them, or ask the operator for --json-schema-unenforced ignore"
+                    f"json_schema uses keywords the llguidance engine cannot enforce: {message}"
                 )
             raise GrammarError(f"the {spec.kind} constraint cannot be compiled: {message}")
-        return LLGuidanceGrammar(self, spec, matcher)
+        return GrammarArtifact(self.name, spec, grammar, unenforced)
+
+    def load(self, artifact: GrammarArtifact) -> LLGuidanceGrammar:
+        matcher = self._matcher(artifact.payload)
+        if matcher.is_error():
+            raise GrammarError(f"cannot load the grammar: {first_line(matcher.get_error())}")
+        return LLGuidanceGrammar(self, artifact, matcher)
 
     def _matcher(self, grammar: str) -> Any:
         # NOTE: the constructor releases the GIL while it builds the grammar, and the tokenizer
@@ -244,9 +295,13 @@ def json_object_schema(max_depth: int) -> dict:
 class LLGuidanceGrammar(CompiledGrammar):
     """A compiled llguidance grammar; ``prototype`` is an ``LLMatcher`` that is never advanced."""
 
-    def __init__(self, backend: LLGuidanceBackend, spec: GrammarSpec, prototype: Any) -> None:
+    def __init__(
+        self, backend: LLGuidanceBackend, artifact: GrammarArtifact, prototype: Any
+    ) -> None:
         self.backend = backend
-        self.spec = spec
+        self.spec = artifact.spec
+        self.backend_name = artifact.backend
+        self.unenforced = artifact.unenforced
         self.prototype = prototype
 
     def matcher(self) -> LLGuidanceMatcher:

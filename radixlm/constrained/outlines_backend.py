@@ -40,11 +40,13 @@ from outlines_core import Index, Vocabulary
 from radixlm.constrained.base import (
     KINDS,
     CompiledGrammar,
+    GrammarArtifact,
     GrammarBackend,
     GrammarMatcher,
     GrammarSpec,
     UnsupportedGrammarError,
 )
+from radixlm.constrained.schema_support import OUTLINES_SUPPORT
 from radixlm.constrained.specs import spec_to_regex
 from radixlm.errors import GrammarError
 
@@ -101,7 +103,9 @@ class OutlinesBackend(GrammarBackend):
     ``mask_cache_bytes`` bounds the per-state mask rows kept for all grammars together.
     """
 
+    name = "outlines"
     kinds = tuple(k for k in KINDS if k != "ebnf")
+    json_support = OUTLINES_SUPPORT
 
     def _setup(
         self, tokenizer: Any, *, max_transitions: int = 50_000_000, mask_cache_bytes: int = 64 << 20
@@ -125,8 +129,10 @@ class OutlinesBackend(GrammarBackend):
         self._keys = itertools.count()
         self.done_info = _StateInfo(self.eos_mask, final=True, terminated=True, lcp=b"")
 
-    def compile(self, spec: GrammarSpec) -> OutlinesGrammar:
-        regex = spec_to_regex(spec, self.limits)
+    def build(self, spec: GrammarSpec, policy: str | None = None) -> GrammarArtifact:
+        """The artifact's payload is ``(regex, Index)``; an ``Index`` pickles (to come back
+        from a compile worker)."""
+        regex, unenforced = spec_to_regex(spec, self.limits, self.policy_for(spec, policy))
         try:
             index = Index(f"(?:{regex}){SENTINEL}", self._outlines_vocab)
         except ValueError as e:
@@ -140,17 +146,28 @@ class OutlinesBackend(GrammarBackend):
                 f"({e}); lookarounds, backreferences and Unicode word boundaries are not "
                 f"supported (regex: {regex[:200]!r})"
             ) from e
-        return OutlinesGrammar(self, spec, regex, index, next(self._keys))
+        return GrammarArtifact(self.name, spec, (regex, index), unenforced)
+
+    def load(self, artifact: GrammarArtifact) -> OutlinesGrammar:
+        regex, index = artifact.payload
+        return OutlinesGrammar(self, artifact, regex, index, next(self._keys))
 
 
 class OutlinesGrammar(CompiledGrammar):
     """An immutable token-level FSM for one spec; shared by every request with that spec."""
 
     def __init__(
-        self, backend: OutlinesBackend, spec: GrammarSpec, regex: str, index: Index, key: int
+        self,
+        backend: OutlinesBackend,
+        artifact: GrammarArtifact,
+        regex: str,
+        index: Index,
+        key: int,
     ) -> None:
         self.backend = backend
-        self.spec = spec
+        self.spec = artifact.spec
+        self.backend_name = artifact.backend
+        self.unenforced = artifact.unenforced
         self.regex = regex
         self.index = index
         self.key = key

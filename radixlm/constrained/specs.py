@@ -27,18 +27,17 @@ from outlines_core.json_schema import (
     NULL,
     NUMBER,
     STRING,
-    WHITESPACE,
     build_regex_from_schema,
 )
 
 from radixlm.constrained.base import KINDS, GrammarSpec, SpecLimits, UnsupportedGrammarError
+from radixlm.constrained.schema_exact import MAX_SCHEMA_DEPTH, Unenforced, enforceable
 from radixlm.constrained.schema_support import (
+    OUTLINES_SUPPORT,
     isolate_container_literals,
     literal_regex,
     placeholder_regex,
     strip_anchors,
-    unenforced_keywords,
-    unescaped_property_names,
     with_json_safe_patterns,
 )
 from radixlm.errors import GrammarError
@@ -84,9 +83,15 @@ class RegexCost:
     wide: int
 
 
-def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
-    """The regex the whole output must match for ``spec``; ``GrammarError`` if it is invalid."""
+def spec_to_regex(
+    spec: GrammarSpec, limits: SpecLimits | None = None, policy: str | None = None
+) -> tuple[str, tuple[Unenforced, ...]]:
+    """The regex the whole output must match for ``spec``, and the JSON Schema keywords it does
+    not enforce (``policy``: see ``schema_exact.enforceable``; default the limits' own);
+    ``GrammarError`` if the spec is invalid."""
     limits = limits or SpecLimits()
+    policy = policy or limits.unenforced
+    unenforced: tuple[Unenforced, ...] = ()
     if spec.kind == "ebnf":
         raise UnsupportedGrammarError(
             "ebnf grammars are not supported by the outlines grammar backend; start the server "
@@ -97,7 +102,7 @@ def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
     if spec.kind == "regex":
         regex = strip_anchors(spec.value)
     elif spec.kind == "json_schema":
-        regex = json_schema_regex(spec.value, limits.whitespace_pattern, limits.unenforced)
+        regex, unenforced = json_schema_regex(spec.value, limits.whitespace_pattern, policy)
     elif spec.kind == "json_object":
         regex = json_object_regex(limits.max_depth, limits.whitespace_pattern)
     elif spec.kind == "choices":
@@ -131,7 +136,7 @@ def spec_to_regex(spec: GrammarSpec, limits: SpecLimits | None = None) -> str:
             "model's vocabulary (the FSM would be too large); lower maxLength/maxItems or the "
             "regex repeat counts"
         )
-    return regex
+    return regex, unenforced
 
 
 def check_spec(spec: GrammarSpec, limits: SpecLimits) -> None:
@@ -165,46 +170,54 @@ def check_json_schema(schema: str) -> dict:
         parsed = json.loads(schema)
     except json.JSONDecodeError as e:
         raise GrammarError(f"json_schema is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise GrammarError(_too_deep()) from e
     if not isinstance(parsed, dict):
         raise GrammarError(
             f"json_schema must be a JSON object (a schema), not {type(parsed).__name__}; "
             'for example {"type": "object", "properties": {...}}'
         )
+    if _nesting(parsed) > 2 * MAX_SCHEMA_DEPTH:  # JSON levels: a subschema is one or two deep
+        raise GrammarError(_too_deep())
     _check_schema(parsed)
     return parsed
 
 
-def json_schema_regex(
-    schema: str, whitespace_pattern: str | None = None, unenforced: str = "ignore"
-) -> str:
-    parsed = check_json_schema(schema)
-    dropped = unenforced_keywords(parsed)
-    if dropped:
-        more = f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else ""
-        listed = f"{'; '.join(dropped[:5])}{more}"
-        if unenforced == "reject":
-            raise UnsupportedGrammarError(
-                f"json_schema uses keywords this server cannot enforce while decoding: {listed}. "
-                "Remove them, or ask the operator for --json-schema-unenforced ignore"
+def _too_deep() -> str:
+    return (
+        f"json_schema nests deeper than {MAX_SCHEMA_DEPTH} levels of subschemas; flatten it or "
+        "use $ref to shared definitions"
+    )
+
+
+def _nesting(value: object) -> int:
+    """Depth of nested JSON containers, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (v, depth + 1) for v in (node.values() if isinstance(node, dict) else node)
             )
-        logger.warning("json_schema keywords not enforced while decoding: %s", listed)
-    escaped = unescaped_property_names(parsed)
-    if escaped:
-        raise UnsupportedGrammarError(
-            f"json_schema has property names with quotes, backslashes or control characters "
-            f"({', '.join(map(repr, escaped[:3]))}), which the outlines converter cannot "
-            "express; rename them, or ask the operator for --grammar-backend auto"
-        )
+    return deepest
+
+
+def json_schema_regex(
+    schema: str, whitespace_pattern: str | None = None, policy: str = "ignore"
+) -> tuple[str, tuple[Unenforced, ...]]:
+    """The regex of a JSON schema and the keywords it leaves unenforced (``policy``)."""
+    parsed, unenforced = enforceable(check_json_schema(schema), OUTLINES_SUPPORT, policy)
     rewritten, literals = isolate_container_literals(with_json_safe_patterns(parsed))
+    ws = whitespace_pattern if whitespace_pattern is not None else ""
     try:
-        regex = build_regex_from_schema(json.dumps(rewritten), whitespace_pattern)
+        regex = build_regex_from_schema(json.dumps(rewritten), ws)
     except ValueError as e:
         raise UnsupportedGrammarError(
             f"unsupported json_schema: {first_line(e)}; supported: type, properties, required, "
             "items, enum, const, anyOf/oneOf/allOf, $ref to local $defs, string "
             "minLength/maxLength/pattern/format, array minItems/maxItems"
         ) from e
-    ws = whitespace_pattern if whitespace_pattern is not None else WHITESPACE
     for i, values in enumerate(literals):
         if not values:
             raise GrammarError(
@@ -219,7 +232,7 @@ def json_schema_regex(
                 "converter cannot take; ask the operator for --grammar-backend auto"
             )
         regex = regex.replace(placeholder, f"(?:{alternatives})")
-    return regex
+    return regex, unenforced
 
 
 def _check_schema(schema: dict) -> None:
@@ -238,7 +251,7 @@ def json_object_regex(max_depth: int = 3, whitespace_pattern: str | None = None)
     level 1). The recursion is unrolled: level ``k`` values may be containers of level ``k+1``."""
     if not 1 <= max_depth <= 8:
         raise GrammarError(f"json_object max_depth must be in [1, 8], got {max_depth}")
-    ws = whitespace_pattern if whitespace_pattern is not None else WHITESPACE
+    ws = whitespace_pattern if whitespace_pattern is not None else ""
     scalar = f"(?:{STRING}|{NUMBER}|{BOOLEAN}|{NULL})"
 
     def container(level: int, obj: bool) -> str:

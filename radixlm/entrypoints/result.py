@@ -46,6 +46,7 @@ class ResultBuilder:
         self.queue_time: float | None = None
         self.error_status: int | None = None  # the request failed for a client error
         self.first_token_time: float | None = None
+        self.constraint: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -85,6 +86,8 @@ class ResultBuilder:
             self.text = self.output_text.visible()
         elif text_delta:
             self.text += text_delta
+        if out.constraint is not None:
+            self.constraint = out.constraint
         if out.finished_reason is not None:
             self.finish_reason = out.finished_reason
             self.e2e_latency = time.time() - self.created
@@ -99,6 +102,8 @@ class ResultBuilder:
         }
         if self.e2e_latency is not None:
             meta["e2e_latency"] = self.e2e_latency
+        if self.constraint is not None:
+            meta["constraint"] = self.constraint
         if self.meta.return_logprob:
             meta["input_token_logprobs"] = list(self.input_token_logprobs)
             meta["output_token_logprobs"] = list(self.output_token_logprobs)

@@ -39,10 +39,10 @@ class GrammarManager:
         self.queue: list[Req] = []  # waiting for their grammar to compile
         self._backend = None
         self._compiler = None
-        if config.grammar_backend == "llguidance":  # fail at start-up, not at the first request
-            from radixlm.constrained.llguidance_backend import _llguidance
+        if config.grammar_backend == "xgrammar":  # fail at start-up, not at the first request
+            from radixlm.constrained.xgrammar_backend import _xgrammar
 
-            _llguidance()
+            _xgrammar()
 
     # ---- compile -------------------------------------------------------------------------
     def _ensure_compiler(self) -> Any:
@@ -54,21 +54,30 @@ class GrammarManager:
                 )
             if self.tokenizer is None:
                 raise RequestError("constrained decoding needs a tokenizer (skip_tokenizer_init)")
-            from radixlm.constrained.backends import create_backend
-            from radixlm.constrained.compiler import GrammarCompiler
+            from radixlm.constrained.backends import recipe_for
+            from radixlm.constrained.compile_workers import CompileWorkerPool
+            from radixlm.constrained.compiler import GrammarCompiler, worker_build, worker_init
 
-            self._backend = create_backend(
-                self.config.grammar_backend,
+            c = self.config
+            recipe = recipe_for(
+                c.grammar_backend,
                 self.tokenizer,
                 self.vocab_size,
                 self.eos_ids,
-                whitespace_pattern=self.config.constrained_json_whitespace_pattern,
-                unenforced=self.config.json_schema_unenforced,
-                max_spec_chars=self.config.grammar_max_spec_chars,
+                whitespace_pattern=c.constrained_json_whitespace_pattern,
+                unenforced=c.json_schema_unenforced,
+                max_spec_chars=c.grammar_max_spec_chars,
             )
-            self._compiler = GrammarCompiler(
-                self._backend, timeout_s=self.config.grammar_compile_timeout
+            self._backend = recipe.build()
+            pool = CompileWorkerPool(
+                worker_init,
+                recipe,
+                worker_build,
+                num_workers=c.grammar_compile_workers,
+                timeout_s=c.grammar_compile_timeout,
+                memory_limit_mb=c.grammar_compile_memory_mb or None,
             )
+            self._compiler = GrammarCompiler(self._backend, pool)
         return self._compiler
 
     def check(self, req: Req) -> None:
@@ -96,7 +105,8 @@ class GrammarManager:
                 still.append(req)
                 continue
             try:
-                req.grammar = job.result().matcher()
+                req.compiled_grammar = job.result()
+                req.grammar = req.compiled_grammar.matcher()
                 ready.append(req)
             except GrammarError as e:
                 failed.append((req, e))
@@ -105,8 +115,43 @@ class GrammarManager:
         return ready, failed
 
     def remove(self, req: Req) -> None:
+        """An aborted request leaves the grammar queue; a compile nobody waits for any more is
+        cancelled."""
         if req in self.queue:
             self.queue.remove(req)
+            if req.grammar_job is not None:
+                req.grammar_job.cancel()
+                req.grammar_job = None
+
+    def report(self, req: Req) -> None:
+        """Set ``req.constraint_report`` for a finished constrained request: the backend that
+        served it, the schema keywords it did not enforce, and whether the output satisfies
+        the constraint (checked when the grammar completed it; None otherwise)."""
+        compiled = req.compiled_grammar
+        if compiled is None or req.constraint_report is not None:
+            return
+        valid: bool | None = None
+        error: str | None = None
+        reason = req.finished_reason.type if req.finished_reason else None
+        if reason == "stop":
+            ids = list(req.output_ids)
+            while ids and ids[-1] in req.stop_ids:
+                ids.pop()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            valid, error = compiled.check_output(text)
+        elif reason is not None:
+            error = f"not checked: the output is incomplete (finish reason {reason})"
+        req.constraint_report = {
+            "kind": compiled.spec.kind,
+            "backend": compiled.backend_name,
+            "valid": valid,
+            "error": error,
+            "unenforced": [u.to_json() for u in compiled.unenforced],
+        }
+        if valid is False:
+            logger.warning(
+                "constrained output of %s fails its %s: %s", req.rid, compiled.spec.kind, error
+            )
 
     # ---- per step ------------------------------------------------------------------------
     def fill_mask(self, batch: ScheduleBatch, device: torch.device) -> None:

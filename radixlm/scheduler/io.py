@@ -66,6 +66,9 @@ class ReqOutput:
     queue_time: float | None = None  # seconds from arrival to first admission (first output)
     detok_init: DetokInit | None = None  # in a request's first output only
     error_status: int | None = None  # the request failed for a client error (e.g. 400)
+    # A constrained request's last output: how its constraint was enforced and whether the
+    # output satisfies it (``scheduler/grammar.py``, ``GrammarManager.report``).
+    constraint: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:

@@ -65,6 +65,7 @@ def build_output(req: Req, default_interval: int) -> ReqOutput | None:
         cached_tokens=req.cached_tokens,
         num_retractions=req.num_retractions,
         error_status=req.error_status,
+        constraint=req.constraint_report if req.finished else None,
     )
     if start == 0 and not req.sent_any:
         req.sent_any = True

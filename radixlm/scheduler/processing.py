@@ -125,6 +125,8 @@ class BatchProcessing:
     def _release(self, req: Req) -> None:
         """Free a finished request's memory and report it."""
         self.stats.num_finished_requests += 1
+        if req.compiled_grammar is not None:
+            self.grammars.report(req)
         self._free_memory(req)
         self.reqs.pop(req.rid, None)
         self._emit(req)

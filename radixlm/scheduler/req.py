@@ -101,6 +101,8 @@ class Req:
     grammar_spec: Any = None
     grammar_job: Any = None
     grammar: Any = None
+    compiled_grammar: Any = None
+    constraint_report: dict[str, Any] | None = None  # set when a constrained request finishes
     error_status: int | None = None  # set when the request fails for a client error (400)
 
     @classmethod

@@ -98,6 +98,14 @@ class ServerMetrics:
         self.token_usage = gauge("token_usage", "Fraction of the KV-cache pool in use (0..1).")
         self.gen_throughput = gauge("gen_throughput", "Generation throughput (tokens/s).")
         self.cache_hit_rate = gauge("cache_hit_rate", "Prefix-cache hit rate (0..1).")
+        self.constrained_violations = counter(
+            "constrained_output_violations_total",
+            "Complete constrained outputs that fail their JSON schema (flagged valid: false).",
+        )
+        self.constrained_unenforced = counter(
+            "constrained_unenforced_requests_total",
+            "Constrained requests decoded with JSON Schema keywords that were not enforced.",
+        )
 
     def on_first_token(self, ttft_s: float) -> None:
         """The first output token of a request arrived ``ttft_s`` after the request did."""
@@ -139,6 +147,13 @@ class ServerMetrics:
         self.e2e_request_latency.observe(e2e_s)
         if queue_s is not None:
             self.queue_time.observe(queue_s)
+
+    def on_constrained_output(self, report: dict) -> None:
+        """A constrained request finished with ``report`` (``meta_info["constraint"]``)."""
+        if report.get("valid") is False:
+            self.constrained_violations.inc()
+        if report.get("unenforced"):
+            self.constrained_unenforced.inc()
 
     def on_scheduler_stats(
         self,

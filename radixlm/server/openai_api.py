@@ -51,6 +51,10 @@ class GenerateBackend(Protocol):
     context_length: int
     chat_template: ChatTemplate
 
+    def check_strict_schema(self, schema: str) -> None:
+        """Raise a RequestError naming what the grammar backend cannot enforce exactly."""
+        ...
+
     def generate(self, obj: dict[str, Any]) -> AsyncIterator[dict | list[dict]]:
         """Native ``/generate``: raises RadixLMError before the first item on bad input; closing
         the iterator early aborts the unfinished requests."""

@@ -252,7 +252,7 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     if extra_ids:
         user_ids = sp.get("stop_token_ids") or []
         sp["stop_token_ids"] = (user_ids if isinstance(user_ids, list) else [user_ids]) + extra_ids
-    _response_format(body.get("response_format"), sp)
+    _response_format(body.get("response_format"), sp, backend)
     top = _int(body, "top_logprobs", lo=0, hi=MAX_TOP_LOGPROBS)
     want_logprobs = _bool(body, "logprobs")
     if top and not want_logprobs:
@@ -262,7 +262,10 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     return call
 
 
-def _response_format(fmt: Any, sp: dict[str, Any]) -> None:
+def _response_format(fmt: Any, sp: dict[str, Any], backend: Any) -> None:
+    """``response_format`` → the ``json_schema`` sampling parameter. ``strict: true`` asks for
+    exact enforcement: a schema with keywords the grammar backend cannot enforce is a 400 now
+    (each keyword named with its JSON pointer), never a best-effort output."""
     if fmt is None:
         return
     kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -286,3 +289,13 @@ def _response_format(fmt: Any, sp: dict[str, Any]) -> None:
             "response_format.json_schema.schema must be a JSON schema object", "response_format"
         )
     sp["json_schema"] = json.dumps(schema)
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise OpenAIRequestError(
+            "response_format.json_schema.strict must be true or false", "response_format"
+        )
+    if strict:
+        try:
+            backend.check_strict_schema(sp["json_schema"])
+        except RequestError as e:
+            raise OpenAIRequestError(str(e), "response_format") from e

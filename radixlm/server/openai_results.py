@@ -144,6 +144,8 @@ def build_response(call: OpenAICall, item: dict | list[dict]) -> dict[str, Any]:
             if call.logprobs is not None:
                 lp = chat_logprobs(*_entries(meta, False))
         choice.update(logprobs=lp, finish_reason=reason, matched_stop=matched)
+        if "constraint" in meta:  # how the response_format / json_schema was enforced
+            choice["constraint"] = meta["constraint"]
         choices.append(choice)
     metas = [r["meta_info"] for r in results]
     return _envelope(call, call.object_name, choices, usage=usage(call, metas))
@@ -223,6 +225,8 @@ class StreamState:
         else:
             choice = {"index": i, "delta": {"content": delta} if delta else {}}
         choice.update(logprobs=lp, finish_reason=reason, matched_stop=matched)
+        if st.done and "constraint" in meta:
+            choice["constraint"] = meta["constraint"]
         return [self._chunk([choice])]
 
     def usage_chunk(self) -> dict[str, Any]:

@@ -235,7 +235,20 @@ class TokenizerManager:
                 )
             if r.rid in self.states:
                 raise RequestError(f"request id {r.rid!r} is already in use")
+            if (
+                r.sampling.json_schema is not None
+                and self.engine_config.json_schema_unenforced == "reject"
+            ):
+                self.check_strict_schema(r.sampling.json_schema)
         return requests, metas, is_batch
+
+    def check_strict_schema(self, schema: str) -> None:
+        """A 400 now, naming each keyword and its JSON pointer, for a JSON schema this server's
+        grammar backend cannot enforce exactly (OpenAI ``strict: true``, or
+        ``--json-schema-unenforced reject``)."""
+        from radixlm.constrained.backends import check_enforceable
+
+        check_enforceable(schema, self.engine_config.grammar_backend)
 
     async def abort(self, rid: str) -> bool:
         """Abort a live request (it finishes with type "abort"). False if unknown."""
@@ -352,6 +365,8 @@ class TokenizerManager:
                 queue_s=b.queue_time,
                 aborted=out.finished_reason.get("type") == "abort",
             )
+            if out.constraint is not None:
+                m.on_constrained_output(out.constraint)
 
     def _observe_stats(self, s: dict[str, Any]) -> None:
         pc = s["prefix_cache"]

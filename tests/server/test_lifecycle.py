@@ -149,3 +149,20 @@ def test_hung_scheduler_means_503_and_exit(tmp_path):
         except ProcessLookupError:
             pass
         s.stop()
+
+
+def test_constrained_violations_are_flagged_and_counted(guarded):
+    """A schema with a keyword no backend enforces (``not``) whose only output violates it: the
+    response says so and /metrics counts it."""
+    auth = {"Authorization": "Bearer sekrit"}
+    names = ("radixlm:constrained_output_violations_total",
+             "radixlm:constrained_unenforced_requests_total")  # fmt: skip
+    before = [_metric(guarded, n, auth) for n in names]
+    schema = {"type": "integer", "minimum": 0, "maximum": 0, "not": {"const": 0}}
+    body = {"text": "x", "sampling_params": {"json_schema": schema, "max_new_tokens": 4}}
+    status, out = guarded.post("/generate", body, headers=auth)
+    assert status == 200 and out["text"] == "0"
+    report = out["meta_info"]["constraint"]
+    assert report["valid"] is False and "0" in report["error"]
+    assert report["unenforced"] == [{"pointer": "", "keyword": "not", "reason": ""}]
+    assert [_metric(guarded, n, auth) for n in names] == [before[0] + 1, before[1] + 1]

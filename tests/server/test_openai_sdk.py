@@ -103,7 +103,10 @@ def test_structured_output(server):
 
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer"}},
+        "properties": {
+            "name": {"type": "string", "maxLength": 10},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        },
         "required": ["name", "age"],
     }
     c = _client(server)
@@ -115,6 +118,8 @@ def test_structured_output(server):
     )
     assert r.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    report = r.choices[0].model_extra["constraint"]  # how the schema was enforced
+    assert report["valid"] is True and report["unenforced"] == []
     r = c.completions.create(
         model="m", prompt="The code is ", max_tokens=12, extra_body={"regex": "[0-9]{4}"}
     )
@@ -123,6 +128,37 @@ def test_structured_output(server):
         "/generate", {"text": "x", "sampling_params": {"regex": "a((", "max_new_tokens": 4}}
     )
     assert status == 400 and "regex" in out["error"]["message"]
+
+
+def test_strict_schemas_are_enforced_exactly_or_refused(server):
+    import json
+
+    c = _client(server)
+    unique = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "maxItems": 4}
+    fmt = {"type": "json_schema", "json_schema": {"name": "u", "schema": unique, "strict": True}}
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], response_format=fmt
+        )
+    assert "/: uniqueItems" in str(e.value)  # each keyword named with its JSON pointer
+    fmt["json_schema"]["strict"] = False  # best effort: decoded, and the dropped keyword named
+    r = c.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], response_format=fmt,
+        max_tokens=40, temperature=1.0,
+    )  # fmt: skip
+    report = r.choices[0].model_extra["constraint"]
+    assert report["unenforced"] == [{"pointer": "", "keyword": "uniqueItems", "reason": ""}]
+    if r.choices[0].finish_reason == "stop":
+        items = json.loads(r.choices[0].message.content)
+        assert report["valid"] is (len(set(items)) == len(items))
+    bounded = {"type": "object", "properties": {"d": {"type": "integer", "minimum": 1,
+               "maximum": 7}}, "required": ["d"]}  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "b", "schema": bounded, "strict": True}}
+    r = c.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], response_format=fmt,
+        max_tokens=20,
+    )  # fmt: skip
+    assert 1 <= json.loads(r.choices[0].message.content)["d"] <= 7
 
 
 def test_errors_in_openai_shape(server):

@@ -212,13 +212,13 @@ def test_gpt2_forced_bytes_follow_the_whitespace_pattern(gpt2) -> None:
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     spec = GrammarSpec("json_schema", json.dumps(schema))
     brace, quote = tokenizer.convert_tokens_to_ids("{"), tokenizer.convert_tokens_to_ids('"')
-    # Compact JSON: everything up to the value's opening quote is forced.
-    compact = type(backend).from_vocabulary(backend.vocab, 50304, whitespace_pattern="")
-    m = compact.compile(spec).matcher()
+    # Compact JSON (the default): everything up to the value's opening quote is forced.
+    m = backend.compile(spec).matcher()
     assert m.forced_bytes() == b'{"name":"'
     assert m.advance(brace) and m.forced_bytes() == b'"name":"'
-    # The default whitespace "[ ]?" may put a space after "{": nothing is forced until "\"".
-    m = backend.compile(spec).matcher()
+    # A whitespace "[ ]?" may put a space after "{": nothing is forced until "\"".
+    spaced = type(backend).from_vocabulary(backend.vocab, 50304, whitespace_pattern="[ ]?")
+    m = spaced.compile(spec).matcher()
     assert m.forced_bytes() == b"{"
     assert m.advance(brace) and m.forced_bytes() == b""
     assert m.advance(quote) and m.forced_bytes() == b'name"'

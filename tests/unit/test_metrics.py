@@ -357,6 +357,8 @@ def test_server_metrics_scenario():
         "token_usage": "gauge",
         "gen_throughput": "gauge",
         "cache_hit_rate": "gauge",
+        "constrained_output_violations_total": "counter",
+        "constrained_unenforced_requests_total": "counter",
     }
     declared = dict(
         line.split(" ")[2:4] for line in m.render().splitlines() if line.startswith("# TYPE ")

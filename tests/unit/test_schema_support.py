@@ -11,14 +11,19 @@ import jsonschema
 import pytest
 
 from radixlm.constrained.base import GrammarSpec, UnsupportedGrammarError
+from radixlm.constrained.schema_exact import find_unenforced
 from radixlm.constrained.schema_support import (
+    OUTLINES_SUPPORT,
     closed_objects,
     json_safe_pattern,
     strip_anchors,
-    unenforced_keywords,
     with_json_safe_patterns,
 )
 from radixlm.constrained.specs import spec_to_regex
+
+
+def unenforced_keywords(schema: dict) -> list[str]:
+    return [str(u) for u in find_unenforced(schema, OUTLINES_SUPPORT)]
 
 
 def test_unenforced_keywords_are_found_with_paths():
@@ -29,15 +34,17 @@ def test_unenforced_keywords_are_found_with_paths():
             "tags": {"type": "array", "uniqueItems": True, "items": {"type": "string"}},
             "minimum": {"type": "string"},  # a property *named* minimum is fine
         },
-        "$defs": {"x": {"not": {"type": "null"}}},
-        "enum": [{"maximum": 3}],  # data, not a keyword
+        "$defs": {"x": {"type": "string", "not": {"type": "null"}}},  # unused: not checked
     }
     assert sorted(unenforced_keywords(schema)) == [
-        "/$defs/x: not",
         "/properties/age: minimum",
         "/properties/tags: uniqueItems",
     ]
-    assert unenforced_keywords({"type": "string", "format": "hostname"}) == []
+    schema["properties"]["x"] = {"$ref": "#/$defs/x"}
+    assert "/$defs/x: not" in unenforced_keywords(schema)
+    assert unenforced_keywords({"type": "string", "format": "hostname"}) == [
+        "/: format (unknown format 'hostname')"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -76,13 +83,13 @@ def test_patterns_are_narrowed_everywhere_but_in_data():
 
 
 def _regex(schema: dict) -> str:
-    return spec_to_regex(GrammarSpec("json_schema", json.dumps(schema)))
+    return spec_to_regex(GrammarSpec("json_schema", json.dumps(schema)))[0]
 
 
 @pytest.mark.parametrize(
     "schema, good, bad",
     [
-        ({"const": {"a.b": 1}}, ['{"a.b":1}', '{ "a.b" : 1 }'], ['{"aXb":1}', '{"a.b":2}']),
+        ({"const": {"a.b": 1}}, ['{"a.b":1}'], ['{"aXb":1}', '{"a.b":2}', '{ "a.b" : 1 }']),
         (
             {"enum": [{"x+y": "v.w"}, 1]},
             ['{"x+y":"v.w"}', "1"],
@@ -138,7 +145,7 @@ def test_anchors_are_stripped_per_top_level_branch(regex, expected):
 
 
 def test_anchored_alternatives_compile_as_a_regex_and_as_a_pattern():
-    assert spec_to_regex(GrammarSpec("regex", "^A$|^B$")) == "A|B"
+    assert spec_to_regex(GrammarSpec("regex", "^A$|^B$"))[0] == "A|B"
     schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": "^a$|^b$"}}}
     regex = _regex({**schema, "required": ["x"]})
     assert re.fullmatch(regex, '{"x":"a"}') and re.fullmatch(regex, '{"x":"b"}')
@@ -153,7 +160,7 @@ def test_pattern_alternatives_stay_inside_the_quotes():
 
 def test_property_names_json_must_escape_are_refused_as_unsupported():
     schema = {"type": "object", "properties": {'say "hi"': {"type": "integer"}}}
-    with pytest.raises(UnsupportedGrammarError, match="property names with quotes"):
+    with pytest.raises(UnsupportedGrammarError, match="names JSON must escape"):
         _regex(schema)
 
 
