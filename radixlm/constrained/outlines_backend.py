@@ -61,7 +61,7 @@ class _StateInfo:
     mask: torch.Tensor  # [words] int32, the mask row of this state
     final: bool
     terminated: bool
-    lcp: bytes | None = None  # longest common prefix of the allowed tokens' bytes (lazy)
+    lcp: bytes  # longest common prefix of the allowed tokens' bytes
 
 
 class _MaskCache:
@@ -128,6 +128,10 @@ class OutlinesBackend(GrammarBackend):
         self.mask_cache = _MaskCache(mask_cache_bytes)
         self._keys = itertools.count()
         self.done_info = _StateInfo(self.eos_mask, final=True, terminated=True, lcp=b"")
+        # First byte of each id (-1: never allowed), for ``OutlinesGrammar._common_prefix``.
+        self.first_bytes = np.array(
+            [piece[0] if piece else -1 for piece in vocab.token_bytes], dtype=np.int16
+        )
 
     def build(self, spec: GrammarSpec, policy: str | None = None) -> GrammarArtifact:
         """The artifact's payload is ``(regex, Index)``; an ``Index`` pickles (to come back
@@ -201,9 +205,23 @@ class OutlinesGrammar(CompiledGrammar):
             # NOTE: a dead state (nothing allowed, not final) cannot come from a sound Index;
             # if one appears, allow EOS so sampling stays defined, and report it terminated.
             empty = allowed.size == 0
-            info = _StateInfo(b._mask_row(allowed, final or empty), final, empty)
+            lcp = self._common_prefix(allowed)
+            info = _StateInfo(b._mask_row(allowed, final or empty), final, empty, lcp)
             b.mask_cache.put((self.key, state), info)
         return info
+
+    def _common_prefix(self, allowed: np.ndarray) -> bytes:
+        """Longest common prefix of the bytes of the ``allowed`` ids. NOTE: a free-text state
+        allows most of the vocabulary; their first bytes differ, which one vectorised gather
+        shows without building a list of every token's bytes."""
+        if allowed.size == 0:
+            return b""
+        first = self.backend.first_bytes[allowed]
+        if (first != first[0]).any():
+            return b""
+        token_bytes = self.backend.vocab.token_bytes
+        pieces = [token_bytes[i] for i in allowed.tolist()]
+        return os.path.commonprefix([min(pieces), max(pieces)])
 
     def next_state(self, state: int, token_id: int) -> int | None:
         b = self.backend
@@ -218,15 +236,7 @@ class OutlinesGrammar(CompiledGrammar):
 
     def common_prefix(self, state: int) -> bytes:
         """Longest common prefix of the bytes of all real tokens allowed in ``state``."""
-        info = self.info(state)
-        if info.lcp is None:
-            token_bytes = self.backend.vocab.token_bytes
-            pieces = [token_bytes[i] for i in self.allowed_ids(state).tolist()]
-            lcp = b""
-            if pieces and all(p[:1] == pieces[0][:1] for p in pieces):  # usually fails fast
-                lcp = os.path.commonprefix([min(pieces), max(pieces)])
-            info.lcp = lcp
-        return info.lcp
+        return self.info(state).lcp
 
 
 class OutlinesMatcher(GrammarMatcher):

@@ -189,8 +189,11 @@ def widen(schema: Any, unenforced: list[Unenforced]) -> Any:
     out = copy.deepcopy(schema)
     for item in unenforced:
         assert item.droppable, item
-        node = resolve_pointer(out, item.pointer)
-        if item.keyword not in node:
+        try:
+            node = resolve_pointer(out, item.pointer)
+        except GrammarError:
+            continue  # inside a keyword dropped before it
+        if not isinstance(node, dict) or item.keyword not in node:
             continue  # already dropped with an enclosing keyword
         if item.keyword == "oneOf" and "anyOf" not in node:
             node["anyOf"] = node.pop("oneOf")

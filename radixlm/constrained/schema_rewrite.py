@@ -15,6 +15,10 @@
   adds to it (a branch whose set contains another's can never match alone and is dropped);
   when some other set adds more than one name the ``oneOf`` is left as it is.
 
+- ``format: "date"`` (without a ``pattern``) becomes ``DATE_PATTERN``, the calendar dates that
+  ``jsonschema``'s check accepts (years 0001-9999, February 29 only in leap years): the
+  backends' own date grammars also take 2023-02-29 and year 0000.
+
 Anything else is left unchanged; ``schema_exact`` then reports what a backend cannot enforce.
 NOTE: ``dependencies`` is a keyword of drafts 4 to 7 only; in a 2019-09/2020-12 schema it means
 nothing, and enforcing it anyway only narrows the outputs (they still validate).
@@ -40,6 +44,14 @@ _TYPES = {
 }
 _ALL_TYPES = frozenset().union(*_TYPES.values())
 
+_YEAR = "(?:[0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"  # not 0000
+_LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+DATE_PATTERN = (
+    f"^(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    f"|{_LEAP_YEAR}-02-29)$"
+)
+
 
 def normalize(schema: Any) -> Any:
     """An equivalent copy of ``schema`` (see the module docstring); the input is not mutated."""
@@ -50,7 +62,7 @@ def _rewrite(node: Any, root: Any, depth: int) -> Any:
     if not isinstance(node, dict) or depth > MAX_SCHEMA_DEPTH:
         return node
     out = dict(node)
-    for key, _where, _sub in list(subschemas(node, "")):
+    for key in dict.fromkeys(k for k, _, _ in subschemas(node, "")):  # each keyword once
         value = node[key]
         if isinstance(value, list):
             out[key] = [_rewrite(v, root, depth + 1) for v in value]
@@ -64,6 +76,9 @@ def _rewrite(node: Any, root: Any, depth: int) -> Any:
     for key in ("$defs", "definitions"):
         if isinstance(node.get(key), dict):
             out[key] = {k: _rewrite(v, root, depth + 1) for k, v in node[key].items()}
+    if out.get("format") == "date" and "pattern" not in out:
+        out["pattern"] = DATE_PATTERN
+        del out["format"]
     out = _filter_literals(out)
     out = _dependencies(out)
     if isinstance(out.get("oneOf"), list):

@@ -328,7 +328,8 @@ def test_ebnf_walks_match(stories, spec, pattern) -> None:
 
 # --- JSON Schema: what xgrammar enforces exactly (the evidence for EXACT_KEYWORDS) ------------
 
-O2 = {"a": {"type": "integer"}, "b": {"type": "string"}}
+INT = {"type": "integer"}
+O2 = {"a": INT, "b": {"type": "string"}}
 KEYWORD_CASES = {  # keyword: (schema, an instance it accepts, one it rejects)
     "type": ({"type": ["integer", "null"]}, None, "x"),
     "enum": ({"enum": ["a", 1, None, [1], {"k": 2}]}, {"k": 2}, {"k": 3}),
@@ -393,6 +394,33 @@ FORMAT_CASES = {
 }
 
 
+# More cases for the same keywords (each: schema, valid instance, invalid instance).
+MORE_CASES = [
+    ({"type": "integer", "minimum": -5, "maximum": -3}, -4, -6),
+    ({"type": "integer", "minimum": -5, "maximum": -3}, -3, -2),
+    ({"type": "number", "exclusiveMaximum": 1.5}, 1.25, 1.5),
+    ({"type": "number", "minimum": 0, "maximum": 1}, 0.001, 2),
+    ({"type": "integer", "minimum": 0, "maximum": 100, "multipleOf": 7}, 14, 105),
+    ({"type": ["string", "integer"], "minLength": 2, "minimum": 3}, "ab", 2),
+    ({"type": ["string", "null"], "maxLength": 2}, None, "abc"),
+    ({"type": "array", "items": {"type": "array", "items": INT, "minItems": 1}}, [[0]], [[]]),
+    ({"type": "array", "prefixItems": [INT], "items": {"type": "string"}}, [1, "a"], [1, 2]),
+    (
+        {"type": "object", "propertyNames": {"enum": ["x", "y"]}, "additionalProperties": INT},
+        {"x": 1},
+        {"z": 1},
+    ),
+    (
+        {"type": "object", "propertyNames": {"maxLength": 2}, "additionalProperties": INT},
+        {"ab": 1},
+        {"abc": 1},
+    ),
+    ({"enum": [{"a": [1, {"b": None}]}, "x"]}, {"a": [1, {"b": None}]}, {"a": [1, {"b": 0}]}),
+    ({"anyOf": [{"type": "integer", "minimum": 5}, {"type": "integer", "maximum": 0}]}, -1, 3),
+    ({"type": "string", "pattern": "^(a|bc)+$"}, "abca", "abcb"),
+]
+
+
 def _validator(schema):
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
@@ -422,6 +450,11 @@ def test_exact_keyword(byte_backend, keyword) -> None:
     _check_exact(byte_backend, *KEYWORD_CASES[keyword])
 
 
+@pytest.mark.parametrize("schema, good, bad", MORE_CASES)
+def test_exact_keyword_more_cases(byte_backend, schema, good, bad) -> None:
+    _check_exact(byte_backend, schema, good, bad, walks=1)
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMAT_CASES))
 def test_exact_format(byte_backend, fmt) -> None:
     # A random walk rarely finishes an email address (its grammar nests deep): no walks.
@@ -430,8 +463,6 @@ def test_exact_format(byte_backend, fmt) -> None:
 
 
 # --- what xgrammar drops silently: the backend must report it ---------------------------------
-
-INT = {"type": "integer"}
 
 
 class Raw(str):
@@ -548,8 +579,8 @@ def test_dropped_keywords_are_reported(byte_backend, schema, instance, keyword) 
     ],
 )
 def test_length_bounds_keep_strings_valid_json(byte_backend, schema) -> None:
-    """xgrammar's own length grammar takes raw control characters (invalid JSON); the backend
-    rewrites the bounds into a pattern (``bounded_strings``) that does not."""
+    """xgrammar's length-bounded strings take raw control characters (invalid JSON); the backend
+    never allows a token with one in JSON (but the layout's whitespace)."""
     bad = Raw('"\x01a"') if schema["type"] == "string" else Raw('{"\x01a":1}')
     assert _raw_accepts(schema, bad)
     grammar = byte_backend.compile(GrammarSpec("json_schema", json.dumps(schema)), "exact")
@@ -598,3 +629,32 @@ def test_siblings_of_any_of_are_distributed_into_the_branches(
         assert validator.is_valid(good) and accepts(byte_backend, grammar, _text(good))
     for bad in invalid:
         assert not validator.is_valid(bad) and not accepts(byte_backend, grammar, _text(bad))
+
+
+def test_no_utf8_encoded_surrogates(byte_backend) -> None:
+    """xgrammar lets 0xED 0xA0..0xBF (a surrogate: invalid UTF-8) into strings and regex classes;
+    the backend allows no byte 0xA0..0xBF right after 0xED."""
+    info = xgr.TokenizerInfo([bytes([i]) for i in range(256)], vocab_size=257, stop_token_ids=[256])
+    raw = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_regex('"[^a]*"'))
+    assert raw.accept_string(b'"\xed\xa0\x80"')
+    for spec in (regex('"[^a]*"'), GrammarSpec("json_schema", '{"type": "string"}')):
+        m = byte_backend.compile(spec).matcher()
+        assert m.advance(ord('"')) and m.advance(0xED)
+        assert not allowed(m, byte_backend) & set(range(0xA0, 0xC0)) and not m.advance(0xA0)
+        assert set(range(0x80, 0xA0)) <= allowed(m, byte_backend) and m.advance(0x9F)
+
+
+def test_json_masks_allow_control_characters_only_as_layout_whitespace(gpt2) -> None:
+    tokenizer, backend = gpt2
+    newline = tokenizer.convert_tokens_to_ids("Ċ")  # "\n"
+    spec = GrammarSpec("json_schema", json.dumps({"type": "object", "additionalProperties": INT}))
+    brace = tokenizer.convert_tokens_to_ids("{")
+    compact = backend.compile(spec).matcher()
+    assert compact.advance(brace) and newline not in allowed(compact, backend)
+    assert not compact.advance(newline)
+    loose = XGrammarBackend.from_vocabulary(backend.vocab, 50304, whitespace_pattern="[ \n]*")
+    m = loose.compile(spec).matcher()
+    assert m.advance(brace) and newline in allowed(m, loose) and m.advance(newline)
+    text = regex("a\nb")  # other kinds are not JSON: a newline is whatever the grammar says
+    m = backend.compile(text).matcher()
+    assert m.advance(tokenizer.convert_tokens_to_ids("a")) and m.advance(newline)

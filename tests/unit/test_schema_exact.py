@@ -252,3 +252,39 @@ def test_find_unenforced_points_at_referenced_definitions() -> None:
               "$defs": {"tag/x": {"type": "array", "uniqueItems": True}}}  # fmt: skip
     found = find_unenforced(schema, LLGUIDANCE_SUPPORT)
     assert [str(u) for u in found] == ["/$defs/tag~1x: uniqueItems"]
+
+
+def test_date_pattern_is_exactly_the_calendar() -> None:
+    import datetime
+    import re
+
+    from radixlm.constrained.schema_rewrite import DATE_PATTERN
+
+    day = datetime.timedelta(days=1)
+    for year in (1, 4, 100, 400, 1900, 1999, 2000, 2023, 2024, 2100, 9999):
+        d = datetime.date(year, 1, 1)
+        while d.year == year:
+            assert re.fullmatch(DATE_PATTERN, d.isoformat()), d
+            if d == datetime.date.max:
+                break
+            d += day
+        for month in range(1, 13):
+            for dd in range(29, 33):
+                text = f"{year:04d}-{month:02d}-{dd:02d}"
+                try:
+                    datetime.date.fromisoformat(text)
+                except ValueError:
+                    assert not re.fullmatch(DATE_PATTERN, text), text
+    for text in ("0000-01-01", "2023-02-29", "2024-13-01", "2024-00-10", "2024-1-01"):
+        assert not re.fullmatch(DATE_PATTERN, text), text
+
+
+def test_date_format_is_enforced_as_the_checker_does(gpt2) -> None:
+    tokenizer, backends = gpt2
+    schema = {"type": "object", "properties": {"d": {"type": "string", "format": "date"}},
+              "required": ["d"]}  # fmt: skip
+    for name in ("llguidance", "outlines"):
+        grammar = exact(backends[name], schema)
+        assert accepts(grammar, tokenizer, '{"d":"2024-02-29"}')
+        for bad in ('{"d":"2023-02-29"}', '{"d":"0000-01-30"}'):
+            assert not accepts(grammar, tokenizer, bad), (name, bad)
