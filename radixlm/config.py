@@ -116,7 +116,7 @@ class EngineConfig:
         4096, "address-space limit of each grammar compile worker (MB); 0 = no limit"
     )
     grammar_max_spec_chars: int = _opt(
-        100_000, "longest regex / JSON schema accepted (characters); longer ones are a 400"
+        262_144, "longest regex / JSON schema accepted (characters); longer ones are a 400"
     )
     constrained_json_whitespace_pattern: str | None = _opt(
         None,

@@ -174,7 +174,7 @@ def check_enforceable(schema_text: str, name: str) -> None:
     supports = {"llguidance": [LLGUIDANCE_SUPPORT], "outlines": [OUTLINES_SUPPORT]}
     supports["auto"] = [LLGUIDANCE_SUPPORT, OUTLINES_SUPPORT]
     if name == "xgrammar":
-        from radixlm.constrained.xgrammar_backend import XGRAMMAR_SUPPORT
+        from radixlm.constrained.xgrammar_schema import XGRAMMAR_SUPPORT
 
         supports["xgrammar"] = [XGRAMMAR_SUPPORT]
     if name not in supports:
@@ -188,6 +188,7 @@ def check_enforceable(schema_text: str, name: str) -> None:
         first = first or found
     raise GrammarError(
         f"json_schema uses keywords this server cannot enforce exactly: {describe(first or [])}. "
-        "Remove them, or send the request without strict mode: it is then decoded with those "
-        "keywords dropped, and the response names them (choices[].constraint.unenforced)"
+        "Remove them; or, unless the server runs with --json-schema-unenforced reject, send the "
+        "request without strict mode: it is then decoded with those keywords dropped, and the "
+        "response names them (constraint.unenforced)"
     )

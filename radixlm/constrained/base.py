@@ -160,7 +160,7 @@ class SpecLimits:
     # ``json.dumps(separators=(",", ":"))``, no whitespace at all (forced runs stay long).
     whitespace_pattern: str | None = None
     max_depth: int = 3  # json_object: nesting levels of objects/arrays
-    max_spec_chars: int = 100_000
+    max_spec_chars: int = 262_144
     max_regex_chars: int = 200_000
     max_regex_expansion: int = 100_000  # atoms after unrolling counted repeats ({m,n})
     # Free-text positions (wide classes after unrolling); the backend derives it from its
@@ -221,7 +221,7 @@ class GrammarBackend(ABC):
         max_depth: int,
         *,
         unenforced: str = "ignore",
-        max_spec_chars: int = 100_000,
+        max_spec_chars: int = 262_144,
         tokenizer: Any = None,
         **options: Any,
     ) -> None:

@@ -93,24 +93,16 @@ LLGUIDANCE_SUPPORT = SchemaSupport(
 
 
 def _llguidance() -> Any:
-    """The ``llguidance`` module (an optional dependency), or a ``ConfigError`` saying how to
-    install it."""
+    """The ``llguidance`` module (a dependency, imported on first use), or a ``ConfigError``
+    saying how to repair a broken install."""
     try:
         import llguidance
     except ImportError as e:
         raise ConfigError(
-            "--grammar-backend llguidance needs the llguidance package: "
-            "pip install 'radixlm[grammar]' (or pip install llguidance)"
+            f"the llguidance package (a dependency of radixlm) cannot be imported ({e}); "
+            "reinstall it: pip install 'llguidance>=1.0'"
         ) from e
     return llguidance
-
-
-def llguidance_available() -> bool:
-    try:
-        _llguidance()
-    except ConfigError:
-        return False
-    return True
 
 
 def tokenizer_json(tokenizer: Any) -> str | None:

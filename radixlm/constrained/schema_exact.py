@@ -28,6 +28,7 @@ from typing import Any
 from radixlm.errors import GrammarError
 
 MAX_SCHEMA_DEPTH = 64  # nesting of subschemas; deeper schemas are refused with a 400
+MAX_WIDEN_ROUNDS = 4
 
 # Keywords that only annotate an instance: they never reject one.
 ANNOTATIONS = frozenset(
@@ -245,11 +246,19 @@ def enforceable(
             "and unless the server runs with --json-schema-unenforced reject, such a schema is "
             "decoded best-effort and the response names the keywords it did not enforce"
         )
-    widened = widen(normalized, missing)
-    again = find_unenforced(widened, support)
-    if again:
-        raise UnsupportedGrammarError(
-            f"the {support.name} grammar backend cannot enforce these json_schema keywords "
-            f"exactly: {describe(again)}"
-        )
-    return widened, tuple(missing)
+    # Dropping a keyword can expose keywords it hid (a ``oneOf`` that becomes an ``anyOf`` is
+    # visited): widen until nothing is left, a few rounds at most.
+    dropped, widened = list(missing), normalized
+    for _ in range(MAX_WIDEN_ROUNDS):
+        widened = widen(widened, missing)
+        missing = find_unenforced(widened, support)
+        stuck = [u for u in missing if not u.droppable]
+        if not missing:
+            return widened, tuple(dropped)
+        if stuck:
+            break
+        dropped += missing
+    raise UnsupportedGrammarError(
+        f"the {support.name} grammar backend cannot enforce these json_schema keywords "
+        f"exactly: {describe(stuck or missing)}"
+    )

@@ -54,8 +54,15 @@ DATE_PATTERN = (
 
 
 def normalize(schema: Any) -> Any:
-    """An equivalent copy of ``schema`` (see the module docstring); the input is not mutated."""
-    return _rewrite(schema, schema, 0)
+    """An equivalent copy of ``schema`` (see the module docstring); the input is not mutated.
+    ``GrammarError`` when it is plainly unsatisfiable (no value of a root ``enum`` fits)."""
+    out = _rewrite(schema, schema, 0)
+    if out is False:
+        raise GrammarError(
+            "json_schema has a const/enum none of whose values satisfies the keywords next to "
+            "it; no output can validate"
+        )
+    return out
 
 
 def _rewrite(node: Any, root: Any, depth: int) -> Any:
@@ -80,6 +87,8 @@ def _rewrite(node: Any, root: Any, depth: int) -> Any:
         out["pattern"] = DATE_PATTERN
         del out["format"]
     out = _filter_literals(out)
+    if out is False:
+        return out
     out = _dependencies(out)
     if isinstance(out.get("oneOf"), list):
         out = _one_of(out, root)
@@ -89,7 +98,9 @@ def _rewrite(node: Any, root: Any, depth: int) -> Any:
 # ---- enum / const with siblings ------------------------------------------------------------
 
 
-def _filter_literals(node: dict) -> dict:
+def _filter_literals(node: dict) -> dict | bool:
+    """``node`` with its literals filtered by their siblings; ``False`` (the schema no value
+    satisfies) when none is left: an optional property with it can still be left out."""
     if "const" in node:
         values = [node["const"]]
     elif isinstance(node.get("enum"), list):
@@ -104,10 +115,7 @@ def _filter_literals(node: dict) -> dict:
     validator = jsonschema.validators.validator_for(rest)(rest)
     kept = [v for v in values if validator.is_valid(v)]
     if not kept:
-        raise GrammarError(
-            f"json_schema has a const/enum ({json.dumps(values)[:100]}) none of whose values "
-            "satisfies the keywords next to it; no output can validate"
-        )
+        return False
     annotations = {k: v for k, v in node.items() if k in ANNOTATIONS}
     return {**annotations, "enum": kept}
 

@@ -208,7 +208,6 @@ EBNF = 'start: pet ("," pet)*\npet: "cat" | "dog"'
 
 @pytest.mark.parametrize("jump", [True, False])
 def test_llguidance_backend_regex_schema_and_ebnf(make_engine, jump):
-    pytest.importorskip("llguidance")
     engine = make_engine(grammar_backend="llguidance", disable_jump_forward=not jump)
     base = {"temperature": 1.0, "sampling_seed": 7}
     for rx in REGEXES:
@@ -227,7 +226,6 @@ def test_ebnf_is_refused_by_outlines_and_served_by_auto(make_engine):
     outlines = make_engine(grammar_backend="outlines")
     with pytest.raises(RequestError, match="--grammar-backend llguidance or auto"):
         outlines.generate(PROMPTS[0], {"ebnf": EBNF, "max_new_tokens": 4})
-    pytest.importorskip("llguidance")
     auto = make_engine(grammar_backend="auto", json_schema_unenforced="reject")
     r = auto.generate(PROMPTS[0], {"ebnf": EBNF, "max_new_tokens": 16, "temperature": 0})
     assert not _completed(r) or re.fullmatch(r"(cat|dog)(,(cat|dog))*", r["text"])

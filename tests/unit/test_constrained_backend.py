@@ -137,7 +137,10 @@ def test_choice_that_prefixes_another_is_reachable(stories) -> None:
 
 ERRORS = [  # the errors of both backends are in test_constrained_backends_common.py
     (regex("(a{1000}){1000}"), "unrolls to about 1000000"),
-    (GrammarSpec("json_schema", '{"not": {"type": "string"}}'), "cannot enforce these json_schema keywords"),
+    (
+        GrammarSpec("json_schema", '{"not": {"type": "string"}}'),
+        "cannot enforce these json_schema keywords",
+    ),
 ]
 
 

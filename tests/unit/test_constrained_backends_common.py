@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from radixlm.constrained.base import GrammarBackend, GrammarSpec
-from radixlm.constrained.llguidance_backend import LLGuidanceBackend, llguidance_available
+from radixlm.constrained.llguidance_backend import LLGuidanceBackend
 from radixlm.constrained.outlines_backend import OutlinesBackend
 from radixlm.constrained.vocabulary import TokenVocabulary
+from radixlm.constrained.xgrammar_backend import XGrammarBackend
 from radixlm.errors import GrammarError
 from radixlm.tokenizer import load_tokenizer
 from tests.unit.constrained_helpers import (
@@ -54,16 +55,7 @@ from tests.unit.constrained_helpers import (
 BACKENDS = {"outlines": OutlinesBackend, "llguidance": LLGuidanceBackend}
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "outlines",
-        pytest.param(
-            "llguidance",
-            marks=pytest.mark.skipif(not llguidance_available(), reason="no llguidance"),
-        ),
-    ],
-)
+@pytest.fixture(scope="module", params=["outlines", "llguidance"])
 def name(request) -> str:
     """The backend under test."""
     return request.param
@@ -73,6 +65,13 @@ def name(request) -> str:
 def hand(name) -> GrammarBackend:
     vocab = TokenVocabulary(TOKENS, eos_token_ids=[EOS, EOS2])
     return BACKENDS[name].from_vocabulary(vocab, HAND_VOCAB_SIZE)
+
+
+@pytest.fixture(scope="module", params=["outlines", "llguidance", "xgrammar"])
+def any_hand(request) -> GrammarBackend:
+    """Every backend, xgrammar included, for the matcher semantics all of them share."""
+    cls = XGrammarBackend if request.param == "xgrammar" else BACKENDS[request.param]
+    return cls.from_vocabulary(TokenVocabulary(TOKENS, eos_token_ids=[EOS, EOS2]), HAND_VOCAB_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,8 @@ def test_advance_rejects_disallowed_tokens_without_moving(name, hand) -> None:
     assert m.advance(RBRACE) and m.is_terminated() and allowed(m, hand) == EOS_IDS
 
 
-def test_eos_is_allowed_exactly_in_final_states_and_terminates(hand) -> None:
+def test_eos_is_allowed_exactly_in_final_states_and_terminates(any_hand) -> None:
+    hand = any_hand
     m = hand.compile(regex("a(bc)?")).matcher()
     assert not m.advance(EOS)
     assert m.advance(A) and m.is_final() and EOS_IDS <= allowed(m, hand)
@@ -126,7 +126,8 @@ def test_eos_is_allowed_exactly_in_final_states_and_terminates(hand) -> None:
     assert not m.is_terminated() and allowed(m, hand) == {B} | EOS_IDS
 
 
-def test_rollback_and_copy(hand) -> None:
+def test_rollback_and_copy(any_hand) -> None:
+    hand = any_hand
     m = hand.compile(regex("(ab)+c?")).matcher()
     start = allowed(m, hand)
     for tok in (AB, A, B):
@@ -168,7 +169,7 @@ ERRORS = [  # spec, outlines' message, llguidance's message (None: the same)
     (regex("a(?=b)"), "lookaround", "cannot be compiled"),
     (regex("a$b"), "anchor", "cannot be compiled"),
     (regex("a{,3}"), "not supported by the outlines grammar engine", "cannot be compiled"),
-    (regex("a" * 100_001), "100001 characters, more than the limit of 100000", None),
+    (regex("a" * 262_145), "262145 characters, more than the limit of 262144", None),
     (GrammarSpec("json_schema", '{"type":'), "not valid JSON: Expecting value", None),
     (GrammarSpec("json_schema", '{"type": 5}'), "not a valid JSON Schema at type", None),
     (GrammarSpec("json_schema", "[1]"), "must be a JSON object", None),

@@ -10,14 +10,12 @@ import re
 import pytest
 
 from radixlm.constrained.base import GrammarSpec
+from radixlm.constrained.llguidance_backend import LLGuidanceBackend
 from radixlm.constrained.outlines_backend import OutlinesBackend
 from radixlm.constrained.specs import DTYPE_REGEXES
 from radixlm.constrained.vocabulary import TokenVocabulary
 from radixlm.tokenizer import load_tokenizer
-
-pytest.importorskip("llguidance")
-from radixlm.constrained.llguidance_backend import LLGuidanceBackend  # noqa: E402
-from tests.unit.constrained_helpers import (  # noqa: E402
+from tests.unit.constrained_helpers import (
     AB,
     ABC,
     D1,

@@ -1,6 +1,6 @@
 """XGrammarBackend: the grammar-interface semantics every backend shares (exact masks, EOS,
 rollback, copy, jump-forward, errors) on a hand-made vocabulary, random walks on GPT-2 and the
-small SentencePiece vocabulary, and the evidence for ``EXACT_KEYWORDS``: per keyword, a schema
+small SentencePiece vocabulary (EOS and rollback semantics: test_constrained_backends_common.py), and the evidence for ``EXACT_KEYWORDS``: per keyword, a schema
 with an instance ``jsonschema`` accepts and one it rejects, consumed token by token (one token
 per byte) — the valid one must be accepted in full, the invalid one refused. ``IGNORED_KEYWORDS``
 and the combinations ``xgrammar_check`` reports are shown to be accepted wrongly by xgrammar
@@ -27,12 +27,14 @@ from radixlm.tokenizer import load_tokenizer
 
 xgr = pytest.importorskip("xgrammar")
 from radixlm.constrained.xgrammar_backend import (  # noqa: E402
+    XGrammarBackend,
+    xgrammar_available,
+)
+from radixlm.constrained.xgrammar_schema import (  # noqa: E402
     EXACT_KEYWORDS,
     FORMATS,
     IGNORED_KEYWORDS,
     XGRAMMAR_SUPPORT,
-    XGrammarBackend,
-    xgrammar_available,
 )
 from tests.unit.constrained_helpers import (  # noqa: E402
     AB,
@@ -54,8 +56,6 @@ from tests.unit.constrained_helpers import (  # noqa: E402
     STORIES_DIR,
     TOKENS,
     A,
-    B,
-    C,
     allowed,
     check_walks,
     regex,
@@ -110,40 +110,6 @@ def test_advance_rejects_disallowed_tokens_without_moving(hand) -> None:
     assert m.advance(RBRACE) and m.is_terminated() and allowed(m, hand) == EOS_IDS
 
 
-def test_eos_is_allowed_exactly_in_final_states_and_terminates(hand) -> None:
-    m = hand.compile(regex("a(bc)?")).matcher()
-    assert not m.advance(EOS)
-    assert m.advance(A) and m.is_final() and EOS_IDS <= allowed(m, hand)
-    assert m.advance(EOS2)  # any of the EOS ids
-    assert m.is_terminated() and m.is_final() and allowed(m, hand) == EOS_IDS
-    assert not m.advance(B)
-    m.rollback(1)
-    assert not m.is_terminated() and allowed(m, hand) == {B} | EOS_IDS
-    assert m.advance(EOS2) and m.is_terminated()
-    assert m.advance(EOS)  # EOS again once terminated
-    m.rollback(2)
-    assert not m.is_terminated() and allowed(m, hand) == {B} | EOS_IDS
-
-
-def test_rollback_and_copy(hand) -> None:
-    m = hand.compile(regex("(ab)+c?")).matcher()
-    start = allowed(m, hand)
-    for tok in (AB, A, B):
-        assert m.advance(tok)
-    twin = m.copy()
-    m.rollback(1)
-    assert allowed(m, hand) == {B}
-    assert allowed(twin, hand) == {A, AB, ABC, C} | EOS_IDS  # the copy did not move
-    assert twin.advance(C) and twin.is_terminated() and not m.is_terminated()
-    assert twin.advance(EOS) and twin.is_terminated()
-    m.rollback(2)
-    assert allowed(m, hand) == start
-    with pytest.raises(ValueError):
-        m.rollback(1)
-    twin.rollback(5)
-    assert allowed(twin, hand) == start
-
-
 def test_forced_bytes(hand) -> None:
     m = hand.compile(regex("abc[0-9]")).matcher()
     assert m.forced_bytes() == b"abc"
@@ -196,7 +162,7 @@ ERRORS = [
     (regex("a$b"), GrammarError, "anchor"),
     (regex("a{,3}"), UnsupportedGrammarError, "xgrammar engine: .*repetition"),
     (regex(r"\p{L}+"), UnsupportedGrammarError, "Unicode character class"),
-    (regex("a" * 100_001), GrammarError, "100001 characters, more than the limit of 100000"),
+    (regex("a" * 262_145), GrammarError, "262145 characters, more than the limit of 262144"),
     (GrammarSpec("json_schema", '{"type":'), GrammarError, "not valid JSON"),
     (GrammarSpec("json_schema", '{"type": 5}'), GrammarError, "not a valid JSON Schema at type"),
     (GrammarSpec("json_schema", "[1]"), GrammarError, "must be a JSON object"),

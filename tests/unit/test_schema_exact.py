@@ -288,3 +288,33 @@ def test_date_format_is_enforced_as_the_checker_does(gpt2) -> None:
         assert accepts(grammar, tokenizer, '{"d":"2024-02-29"}')
         for bad in ('{"d":"2023-02-29"}', '{"d":"0000-01-30"}'):
             assert not accepts(grammar, tokenizer, bad), (name, bad)
+
+
+def test_widening_repeats_until_nothing_hidden_is_left(gpt2) -> None:
+    """Dropping an overlapping oneOf (now an anyOf) exposes the keywords inside it."""
+    _, backends = gpt2
+    schema = {
+        "type": "object",
+        "properties": {
+            "x": {
+                "oneOf": [
+                    {"type": "number", "not": {"const": 1}},
+                    {"type": "integer", "uniqueItems": True},
+                ]
+            }
+        },
+    }
+    grammar = backends["auto"].compile(GrammarSpec("json_schema", json.dumps(schema)))
+    assert [str(u) for u in grammar.unenforced] == [
+        "/properties/x: oneOf", "/properties/x/anyOf/0: not", "/properties/x/anyOf/1: uniqueItems"
+    ]  # fmt: skip
+
+
+def test_an_unsatisfiable_optional_enum_only_forbids_its_property(gpt2) -> None:
+    tokenizer, backends = gpt2
+    schema = {"type": "object", "properties": {"a": {"type": "integer"},
+              "b": {"type": "object", "enum": ["x", "y"]}}, "required": ["a"]}  # fmt: skip
+    grammar = exact(backends["llguidance"], schema)
+    assert accepts(grammar, tokenizer, '{"a":1}')
+    with pytest.raises(GrammarError, match="none of whose values"):
+        backends["auto"].build(GrammarSpec("json_schema", '{"type": "integer", "enum": ["x"]}'))
