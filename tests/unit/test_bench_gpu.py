@@ -13,8 +13,16 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 def test_gpu_bench_tiny_smoke(tmp_path) -> None:
     out = tmp_path / "gpu.json"
+    # Fixtures from the repo (never ../shared): the GPT-2 tokenizer, and a small ShareGPT file.
+    dataset = tmp_path / "sharegpt.json"
+    words = "cat dog tree house river stone cloud light story garden window winter".split()
+    turns = [" ".join(words[(i + k) % 12] + str(k) for k in range(48)) for i in range(12)]
+    dataset.write_text(
+        json.dumps([{"conversations": [{"from": "human", "value": t}]} for t in turns])
+    )
     cmd = [
         sys.executable, str(BENCH / "gpu.py"), "--shape", "tiny", "--device", "cpu",
+        "--tokenizer", str(BENCH.parent / "tests" / "fixtures" / "gpt2"), "--dataset", str(dataset),
         "--num-prompts", "8", "--concurrency", "2,4", "--output-len", "6",
         "--batch1-output-len", "8", "--prefix-len", "64", "--prefix-requests", "4",
         "--json-out", str(out),
