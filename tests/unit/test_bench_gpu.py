@@ -13,7 +13,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 def test_gpu_bench_tiny_smoke(tmp_path) -> None:
     out = tmp_path / "gpu.json"
-    # Fixtures from the repo (never ../shared): the GPT-2 tokenizer, and a small ShareGPT file.
+    # Fixtures from the repo only: the GPT-2 tokenizer, and a small ShareGPT file.
     dataset = tmp_path / "sharegpt.json"
     words = "cat dog tree house river stone cloud light story garden window winter".split()
     turns = [" ".join(words[(i + k) % 12] + str(k) for k in range(48)) for i in range(12)]
