@@ -74,6 +74,14 @@ def any_hand(request) -> GrammarBackend:
     return cls.from_vocabulary(TokenVocabulary(TOKENS, eos_token_ids=[EOS, EOS2]), HAND_VOCAB_SIZE)
 
 
+@pytest.fixture(scope="module", params=["outlines", "llguidance", "xgrammar"])
+def any_gpt2(request):
+    """Every backend, xgrammar included, over the GPT-2 tokenizer."""
+    cls = XGrammarBackend if request.param == "xgrammar" else BACKENDS[request.param]
+    tokenizer = load_tokenizer(GPT2_DIR)
+    return tokenizer, cls(tokenizer, 50304, [tokenizer.eos_token_id])
+
+
 @pytest.fixture(scope="module")
 def gpt2(name):
     tokenizer = load_tokenizer(GPT2_DIR)
@@ -225,8 +233,8 @@ def test_gpt2_forced_bytes_follow_the_whitespace_pattern(gpt2) -> None:
     assert m.advance(quote) and m.forced_bytes() == b'name"'
 
 
-def test_gpt2_apply_mask_keeps_exactly_the_allowed_ids(gpt2) -> None:
-    tokenizer, backend = gpt2
+def test_gpt2_apply_mask_keeps_exactly_the_allowed_ids(any_gpt2) -> None:
+    tokenizer, backend = any_gpt2
     m = backend.compile(regex(r"[0-9]{1,3}")).matcher()
     eos = tokenizer.eos_token_id
     for text in ("", "4", "42", "427"):
@@ -247,8 +255,8 @@ def test_gpt2_apply_mask_keeps_exactly_the_allowed_ids(gpt2) -> None:
     assert m.is_terminated()
 
 
-def test_compiles_on_many_threads_agree_with_one(gpt2) -> None:
-    _, backend = gpt2
+def test_compiles_on_many_threads_agree_with_one(any_gpt2) -> None:
+    _, backend = any_gpt2
     specs = [regex(f"[a-c]{{{n}}}x") for n in range(1, 9)] + [
         GrammarSpec("json_schema", json.dumps({**PERSON, "required": [k]}))
         for k in PERSON["properties"]

@@ -12,13 +12,11 @@ import json
 import pickle
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 import pytest
-import torch
 
-from radixlm.constrained.base import GrammarBackend, GrammarSpec, UnsupportedGrammarError
+from radixlm.constrained.base import GrammarSpec, UnsupportedGrammarError
 from radixlm.constrained.outlines_backend import OutlinesBackend
 from radixlm.constrained.schema_exact import find_unenforced
 from radixlm.constrained.vocabulary import TokenVocabulary
@@ -224,42 +222,6 @@ def test_gpt2_forced_bytes_follow_the_whitespace_pattern(gpt2) -> None:
     m = loose.compile(spec).matcher()
     assert m.forced_bytes() == b"{"
     assert m.advance(brace) and m.advance(space) and not m.copy().advance(space)  # at most one
-
-
-def test_gpt2_apply_mask_keeps_exactly_the_allowed_ids(gpt2) -> None:
-    tokenizer, backend = gpt2
-    m = backend.compile(regex(r"[0-9]{1,3}")).matcher()
-    eos = tokenizer.eos_token_id
-    for text in ("", "4", "42", "427"):
-        if text:
-            assert m.advance(tokenizer.convert_tokens_to_ids(text[-1]))
-        mask = backend.allocate_mask(2)
-        m.fill_mask(mask, 1)
-        logits = torch.randn(2, 50304)
-        GrammarBackend.apply_mask(logits, mask)
-        assert torch.isfinite(logits[0]).all()  # row 0 was left all-allowed
-        finite = set(torch.nonzero(torch.isfinite(logits[1])).flatten().tolist())
-        assert finite == allowed(m, backend)
-        assert (eos in finite) == bool(text)  # EOS only after at least one digit
-        assert max(finite - {eos}, default=0) < 50257  # padding rows never allowed
-        digits = [tokenizer.decode([i]) for i in finite - {eos}]
-        assert all(d.isdigit() and len(text) + len(d) <= 3 for d in digits)
-        assert bool(digits) == (len(text) < 3)
-    assert m.is_terminated()
-
-
-def test_compiles_on_many_threads_agree_with_one(gpt2) -> None:
-    _, backend = gpt2
-    specs = [regex(f"[a-c]{{{n}}}x") for n in range(1, 5)] + [
-        GrammarSpec("json_schema", json.dumps({**PERSON, "required": [k]}))
-        for k in PERSON["properties"]
-    ]
-    with ThreadPoolExecutor(4) as pool:
-        grammars = list(pool.map(backend.compile, specs))
-    for spec, grammar in zip(specs, grammars):
-        assert allowed(grammar.matcher(), backend) == allowed(
-            backend.compile(spec).matcher(), backend
-        )
 
 
 def test_artifact_pickles_and_loads_to_the_same_grammar(stories) -> None:
