@@ -94,8 +94,10 @@ CHARACTER_SCHEMA = {
                                 "death eater", "order of the phoenix"]},
         "wand": {
             "type": "object",
+            # A JSON number has no bound on its digits (a random model writes them forever);
+            # SGLang's regex takes 1-2 digits, a dot and 0-2 digits: the same, as a string.
             "properties": {"wood": _FREE_TEXT, "core": _FREE_TEXT,
-                           "length": {"type": "number"}},
+                           "length": {"type": "string", "pattern": "^[0-9]{1,2}\\.[0-9]{1,2}$"}},
             "required": ["wood", "core", "length"],
         },
         "alive": {"enum": ["Alive", "Deceased"]},
