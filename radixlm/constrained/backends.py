@@ -166,9 +166,9 @@ def check_enforceable(schema_text: str, name: str) -> None:
     keyword and its JSON pointer. For OpenAI ``strict: true`` and
     ``--json-schema-unenforced reject``; decided from the schema alone, as ``build`` does."""
     from radixlm.constrained.llguidance_backend import LLGUIDANCE_SUPPORT
+    from radixlm.constrained.outlines_schema import OUTLINES_SUPPORT
     from radixlm.constrained.schema_exact import describe, find_unenforced
     from radixlm.constrained.schema_rewrite import normalize
-    from radixlm.constrained.schema_support import OUTLINES_SUPPORT
     from radixlm.constrained.specs import check_json_schema
 
     supports = {"llguidance": [LLGUIDANCE_SUPPORT], "outlines": [OUTLINES_SUPPORT]}

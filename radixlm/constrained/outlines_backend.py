@@ -46,7 +46,7 @@ from radixlm.constrained.base import (
     GrammarSpec,
     UnsupportedGrammarError,
 )
-from radixlm.constrained.schema_support import OUTLINES_SUPPORT
+from radixlm.constrained.outlines_schema import OUTLINES_SUPPORT
 from radixlm.constrained.specs import spec_to_regex
 from radixlm.errors import GrammarError
 

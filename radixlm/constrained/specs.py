@@ -33,9 +33,9 @@ from outlines_core.json_schema import (
 )
 
 from radixlm.constrained.base import KINDS, GrammarSpec, SpecLimits, UnsupportedGrammarError
+from radixlm.constrained.outlines_schema import OUTLINES_SUPPORT
 from radixlm.constrained.schema_exact import MAX_SCHEMA_DEPTH, Unenforced, enforceable
 from radixlm.constrained.schema_support import (
-    OUTLINES_SUPPORT,
     isolate_container_literals,
     literal_regex,
     placeholder_regex,

@@ -12,9 +12,9 @@ import pytest
 from radixlm.constrained.backends import check_enforceable, create_backend
 from radixlm.constrained.base import GrammarSpec, UnsupportedGrammarError
 from radixlm.constrained.llguidance_backend import LLGUIDANCE_SUPPORT
+from radixlm.constrained.outlines_schema import OUTLINES_SUPPORT
 from radixlm.constrained.schema_exact import find_unenforced
 from radixlm.constrained.schema_rewrite import normalize
-from radixlm.constrained.schema_support import OUTLINES_SUPPORT
 from radixlm.errors import GrammarError
 from radixlm.tokenizer import load_tokenizer
 from tests.unit.constrained_helpers import GPT2_DIR, walk

@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 
 from radixlm.constrained.base import GrammarSpec, UnsupportedGrammarError
+from radixlm.constrained.outlines_schema import OUTLINES_SUPPORT
 from radixlm.constrained.schema_exact import find_unenforced
 from radixlm.constrained.schema_support import (
-    OUTLINES_SUPPORT,
     closed_objects,
     json_safe_pattern,
     strip_anchors,
