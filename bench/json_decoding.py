@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -426,7 +427,7 @@ def print_e2e(res: dict[str, Any]) -> list[bool]:
         )
     passed = []
     for key, values in res["ratios"].items():
-        med = sorted(values)[len(values) // 2]
+        med = statistics.median(values)
         each = ", ".join(f"{v:.2f}" for v in values)
         target = TARGETS["hf_speedup"] if key == "hf_speedup" else TARGETS["jump_speedup"]
         ok = med >= target
