@@ -39,11 +39,13 @@ class ModelShape:
     kv_heads: int = 4
     intermediate: int = 2048
     max_positions: int = 2048
+    tied: bool = True  # LM head shares the embedding (False: its own random weights)
 
     def key(self, vocab: int) -> str:
         return (
             f"llama-h{self.hidden}-l{self.layers}-a{self.heads}-kv{self.kv_heads}"
-            f"-f{self.intermediate}-v{vocab}-ctx{self.max_positions}-tied-seed{MODEL_SEED}"
+            f"-f{self.intermediate}-v{vocab}-ctx{self.max_positions}"
+            f"-{'tied' if self.tied else 'untied'}-seed{MODEL_SEED}"
         )
 
 
@@ -92,7 +94,7 @@ def _build_random_llama(shape: ModelShape, tok: Any, out_dir: Path) -> int:
         num_key_value_heads=shape.kv_heads,
         intermediate_size=shape.intermediate,
         max_position_embeddings=shape.max_positions,
-        tie_word_embeddings=True,
+        tie_word_embeddings=shape.tied,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
