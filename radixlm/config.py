@@ -21,7 +21,9 @@ BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "stories260K")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULE_POLICIES = ("lpm", "fcfs", "lof", "random", "dfs-weight")
-ATTENTION_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
+ATTENTION_BACKENDS = ("auto", "torch_native", "cpu_native", "triton", "flashinfer")
+CPU_KERNELS = ("auto", "native", "torch")
+QUANTIZATIONS = ("none", "w8a16")
 GRAMMAR_BACKENDS = ("auto", "llguidance", "outlines", "xgrammar", "none")
 
 
@@ -43,8 +45,22 @@ class EngineConfig:
     device: str = _opt("auto", "device to run on; auto = cuda if available else cpu", DEVICES)
     attention_backend: str = _opt(
         "auto",
-        "attention kernels; auto = flashinfer if installed, else triton, on CUDA; torch_native on CPU",
+        "attention kernels; auto = flashinfer if installed, else triton, on CUDA; on CPU "
+        "cpu_native (csrc/cpu) when the native kernels are in use, else torch_native",
         ATTENTION_BACKENDS,
+    )
+    cpu_kernels: str = _opt(
+        "auto",
+        "native CPU kernels (csrc/cpu: prepacked GEMM, paged decode attention, fused norm/RoPE/"
+        "SiLU), built once per machine; auto = use them when they build on this CPU (AVX-512), "
+        "else the torch path with a warning; native = require them; torch = never",
+        CPU_KERNELS,
+    )
+    quantization: str = _opt(
+        "none",
+        "weight-only quantization; w8a16 = int8 weights with per-output-channel scales computed "
+        "at load from the checkpoint, activations in --dtype (CPU, needs the native kernels)",
+        QUANTIZATIONS,
     )
     cuda_graph_max_bs: int = _opt(
         256, "largest decode batch replayed from a captured CUDA graph (padded to captured sizes)"
@@ -215,8 +231,20 @@ class EngineConfig:
             raise ConfigError("device='cuda' requested but torch.cuda.is_available() is False")
         if self.cuda_graph_max_bs < 1:
             raise ConfigError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
+        if self.quantization != "none" and (device != "cpu" or self.cpu_kernels == "torch"):
+            raise ConfigError(
+                f"quantization={self.quantization} runs on the native CPU kernels only "
+                f"(device=cpu, cpu_kernels auto or native); got device={device}, "
+                f"cpu_kernels={self.cpu_kernels}"
+            )
+        if self.attention_backend == "cpu_native" and (
+            device != "cpu" or self.cpu_kernels == "torch"
+        ):
+            raise ConfigError(
+                "attention_backend=cpu_native needs device=cpu and the native kernels"
+            )
         if self.attention_backend == "auto":
-            changes["attention_backend"] = _default_attention_backend(device)
+            changes["attention_backend"] = _default_attention_backend(device, self.cpu_kernels)
         elif (
             self.attention_backend in ("triton", "flashinfer")
             and device != "cuda"
@@ -277,10 +305,12 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _default_attention_backend(device: str) -> str:
-    """flashinfer if importable, else triton if importable, on CUDA; torch_native otherwise."""
+def _default_attention_backend(device: str, cpu_kernels: str) -> str:
+    """flashinfer if importable, else triton if importable, on CUDA; on CPU cpu_native unless
+    the native kernels are off (the model runner falls back to torch_native if they fail to
+    build); torch_native otherwise."""
     if device != "cuda":
-        return "torch_native"
+        return "torch_native" if cpu_kernels == "torch" else "cpu_native"
     import importlib.util
 
     for name in ("flashinfer", "triton"):

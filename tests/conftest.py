@@ -88,5 +88,20 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def kernels():
+    """The native CPU kernels (csrc/cpu), built once per machine (about a minute, then cached).
+
+    On a CPU with AVX-512 and a C++ compiler the build must succeed (a failure fails the test);
+    only a CPU without AVX-512, or no compiler, skips, with that reason."""
+    from radixlm.kernels import cpu
+
+    if not cpu._cpu_has_avx512():
+        pytest.skip("this CPU has no AVX-512: the native kernels are not built here")
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on PATH")
+    return cpu.load_cpu_kernels(required=True)
+
+
+@pytest.fixture(scope="session")
 def stories_model() -> str:
     return BUNDLED_MODEL

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 _BACKENDS = {
     "torch_native": ("radixlm.attention.torch_native", "TorchNativeBackend"),
+    "cpu_native": ("radixlm.attention.cpu_native", "CpuNativeBackend"),
     "triton": ("radixlm.attention.triton_backend", "TritonAttnBackend"),
     "flashinfer": ("radixlm.attention.flashinfer_backend", "FlashInferAttnBackend"),
 }

@@ -13,6 +13,7 @@ On CUDA, decode batches of up to ``cuda_graph_max_bs`` requests replay captured 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -85,7 +86,12 @@ class ModelRunner:
             config.load_format,
             config.random_seed,
         )
-        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.kernels = self._use_native_kernels()
+        # Parameters and buffers: packed linears keep their weights as buffers.
+        weight_bytes = sum(
+            t.numel() * t.element_size()
+            for t in itertools.chain(self.model.parameters(), self.model.buffers())
+        )
         self.limits = self._size_pools(context_len, weight_bytes)
         lim = self.limits
         self.req_to_token_pool = ReqToTokenPool(
@@ -124,14 +130,34 @@ class ModelRunner:
             else:
                 logger.info("CUDA graphs off: %s cannot be captured", config.attention_backend)
 
+    def _use_native_kernels(self):
+        """Load the native CPU kernels and move the model onto them (radixlm.layers.native), or
+        return None: not on CPU, ``cpu_kernels=torch``, or (``auto``) they cannot be built here,
+        in which case the loader has warned once and attention falls back to torch_native."""
+        cfg = self.config
+        if self.device.type != "cpu" or cfg.cpu_kernels == "torch":
+            return None
+        from radixlm.kernels.cpu import load_cpu_kernels
+        from radixlm.layers.native import use_native_kernels
+
+        required = cfg.cpu_kernels == "native" or cfg.quantization != "none"
+        kernels = load_cpu_kernels(required=required)
+        quantization = None if cfg.quantization == "none" else cfg.quantization
+        if kernels is None or not use_native_kernels(self.model, kernels, self.dtype, quantization):
+            if cfg.attention_backend == "cpu_native":
+                self.config = replace(cfg, attention_backend="torch_native")
+            return None
+        return kernels
+
     def _create_backend(self):
         """The configured backend, or torch_native (with a warning naming the reason) when it
         cannot serve this model, e.g. a head_dim its kernels do not support."""
         cfg, mc = self.config, self.model_config
         layers = self.model.attention_layers()
+        extra = {"kernels": self.kernels} if cfg.attention_backend == "cpu_native" else {}
         try:
             return create_attention_backend(
-                cfg.attention_backend, head_dim=mc.head_dim, layers=layers
+                cfg.attention_backend, head_dim=mc.head_dim, layers=layers, **extra
             )
         except ConfigError as e:
             if cfg.attention_backend == "torch_native":

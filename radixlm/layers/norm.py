@@ -1,4 +1,8 @@
-"""RMSNorm with the exact numerics of Hugging Face Llama (normalise in fp32, scale in input dtype)."""
+"""RMSNorm with the exact numerics of Hugging Face Llama (normalise in fp32, scale in input dtype).
+
+With ``kernels`` set (radixlm.layers.native), the residual add and the norm of a ``[T, hidden]``
+input run as one fused kernel that updates the residual in place; same numerics.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.kernels = None  # radixlm_cpu module, set by radixlm.layers.native
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -21,7 +26,13 @@ class RMSNorm(nn.Module):
     def forward_with_residual(
         self, x: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add ``x`` to the residual stream, then normalise; returns (normed, new_residual)."""
+        """Add ``x`` to the residual stream, then normalise; returns (normed, new_residual).
+
+        NOTE: the fused kernel writes the sum into ``residual`` (the caller's residual stream,
+        which nothing else holds); the torch path returns a new tensor."""
+        if self.kernels is not None and x.dim() == 2:
+            normed, res = self.kernels.add_rmsnorm(x, residual, self.weight, self.eps)
+            return normed, res
         if residual is not None:
             x = x + residual
         return self.forward(x), x

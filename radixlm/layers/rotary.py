@@ -62,11 +62,15 @@ class RotaryEmbedding:
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
         self.cos_cache = emb.cos().to(device)
         self.sin_cache = emb.sin().to(device)
+        self.kernels = None  # radixlm_cpu module (in-place fused RoPE), set by layers.native
 
     def __call__(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # q: [T, num_heads, head_dim], k: [T, num_kv_heads, head_dim], positions: [T]
+        if self.kernels is not None:
+            self.kernels.rope_(positions, q, k, self.cos_cache, self.sin_cache)  # in place
+            return q, k
         cos = self.cos_cache[positions].to(q.dtype).unsqueeze(1)  # [T, 1, head_dim]
         sin = self.sin_cache[positions].to(q.dtype).unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)

@@ -53,9 +53,12 @@ class MLP(nn.Module):
         self.intermediate = cfg.intermediate_size
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.kernels = None  # radixlm_cpu module (fused SiLU·mul), set by radixlm.layers.native
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate]
+        if self.kernels is not None:
+            return self.down_proj(self.kernels.silu_mul(gate_up))
         gate, up = gate_up.split(self.intermediate, dim=-1)
         # In place: the [T, 2 * intermediate] block is the largest activation of a prefill.
         return self.down_proj(F.silu(gate, inplace=True).mul_(up))
@@ -121,8 +124,9 @@ class LlamaForCausalLM(nn.Module):
         return [layer.self_attn for layer in self.model.layers]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()  # [N, vocab] fp32
+        if self.lm_head is None:
+            return F.linear(hidden, self.model.embed_tokens.weight).float()  # [N, vocab] fp32
+        return self.lm_head(hidden).float()  # nn.Linear, or PackedLinear (layers.native)
 
     # name in HF checkpoint -> (our parameter name, shard id) for fused projections
     stacked_params = (

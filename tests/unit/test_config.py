@@ -83,7 +83,10 @@ def test_defaults_resolve_to_bundled_model(no_cuda: None) -> None:
     assert cfg.model_path == BUNDLED_MODEL
     assert cfg.tokenizer_path == BUNDLED_MODEL
     assert cfg.device == "cpu"
-    assert cfg.attention_backend == "torch_native"
+    # CPU: the native kernels' attention (the runner falls back to torch_native without them)
+    assert cfg.attention_backend == "cpu_native" and cfg.cpu_kernels == "auto"
+    assert EngineConfig.from_options(cpu_kernels="torch").attention_backend == "torch_native"
+    assert cfg.quantization == "none"
     assert cfg.mem_fraction_static == 0.2
     assert cfg.chunk_size == 2048  # CPU default
     assert EngineConfig.from_options(model_path=None).model_path == BUNDLED_MODEL

@@ -1,0 +1,35 @@
+// Python bindings of the CPU kernels (module `radixlm_cpu`, built by radixlm/kernels/build.py).
+#include <torch/extension.h>
+
+#include "vec.h"
+
+namespace radixlm {
+at::Tensor pack_linear_weight(const at::Tensor& weight, const std::string& kind);
+at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t N,
+                         const std::string& kind, const c10::optional<at::Tensor>& scales,
+                         const c10::optional<at::Tensor>& bias);
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                            const at::Tensor& table, const at::Tensor& rows, const at::Tensor& lens,
+                            double scale, int64_t window);
+std::vector<at::Tensor> add_rmsnorm(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
+                                    const at::Tensor& weight, double eps);
+void rope_(const at::Tensor& positions, at::Tensor& q, at::Tensor& k, const at::Tensor& cos,
+           const at::Tensor& sin);
+at::Tensor silu_mul(const at::Tensor& gate_up);
+}  // namespace radixlm
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "RadixLM CPU kernels (AVX-512); each has a torch reference in radixlm/kernels/reference.py";
+  m.attr("avx512") = bool(RADIXLM_AVX512);
+#if defined(__AVX512BF16__)
+  m.attr("avx512_bf16") = true;
+#else
+  m.attr("avx512_bf16") = false;
+#endif
+  m.def("pack_linear_weight", &radixlm::pack_linear_weight, "pack W [N, K] into 32-feature tiles");
+  m.def("linear_packed", &radixlm::linear_packed, "x @ W^T with a packed W");
+  m.def("decode_attention", &radixlm::decode_attention, "paged decode attention from the KV pools");
+  m.def("add_rmsnorm", &radixlm::add_rmsnorm, "residual add + RMSNorm");
+  m.def("rope_", &radixlm::rope_, "rotary embedding in place (rotate-half)");
+  m.def("silu_mul", &radixlm::silu_mul, "silu(gate) * up");
+}

@@ -1,0 +1,249 @@
+// Weight-stationary linear for CPU decode: y[M, N] = x[M, K] @ W[N, K]^T (+ bias).
+//
+// The weight is repacked once, at load, into tiles of 32 output features so that one step
+// streams every weight byte exactly once, in order, from memory:
+//   fp32: [N/32][K][32] float
+//   bf16: [N/32][K/2][32][2] bf16   (pairs along K, the operand order of vdpbf16ps)
+//   int8: [N/32][K][32] int8, with one fp32 scale per output feature (w = q * scale)
+// N is padded to a multiple of 32 (and K to an even number for bf16) with zeros.
+// Each tile's 32 outputs are computed for up to 12 rows of x at a time in registers; for more
+// rows the same tile (in L1/L2 after the first chunk) is reused, so large M stays compute-bound.
+// Threads take tiles dynamically from torch's OpenMP pool (torch.set_num_threads applies).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <array>
+#include <string>
+#include <utility>
+
+#include "vec.h"
+
+namespace radixlm {
+
+namespace {
+
+constexpr int64_t kTile = 32;
+constexpr int kMaxRows = 12;
+
+#if RADIXLM_AVX512
+// acc[r][0..1] += x[r, k] * w[k, 0..31] over all k, for R rows of fp32 x.
+template <int R>
+inline void tile_fp32(const float* x, int64_t ldx, const float* w, int64_t K, __m512 (&acc)[kMaxRows][2]) {
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 w0 = _mm512_loadu_ps(w + k * kTile);
+    __m512 w1 = _mm512_loadu_ps(w + k * kTile + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
+      acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+}
+
+template <int R>
+inline void tile_int8(const float* x, int64_t ldx, const int8_t* w, int64_t K, __m512 (&acc)[kMaxRows][2]) {
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * kTile));
+    __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+    __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
+      acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+}
+
+// x is bf16 padded to an even K; w holds K/2 pairs per output.
+template <int R>
+inline void tile_bf16(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t K2, __m512 (&acc)[kMaxRows][2]) {
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+#if defined(__AVX512BF16__)
+  for (int64_t k2 = 0; k2 < K2; ++k2) {
+    __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k2 * 2 * kTile);
+    __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + k2 * 2 * kTile + 32);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, x + r * ldx + 2 * k2, 4);
+      __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], w0, xv);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], w1, xv);
+    }
+  }
+#else
+  // No AVX512-BF16: widen both operands to fp32 (even lanes, then odd lanes of each pair).
+  const __m512i even = _mm512_set1_epi32(0x0000ffff);
+  for (int64_t k2 = 0; k2 < K2; ++k2) {
+    __m512i p0 = _mm512_loadu_si512(w + k2 * 2 * kTile);
+    __m512i p1 = _mm512_loadu_si512(w + k2 * 2 * kTile + 32);
+    __m512 w0e = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(p0, even), 16));
+    __m512 w0o = _mm512_castsi512_ps(_mm512_andnot_si512(even, p0));
+    __m512 w1e = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(p1, even), 16));
+    __m512 w1o = _mm512_castsi512_ps(_mm512_andnot_si512(even, p1));
+    for (int r = 0; r < R; ++r) {
+      __m512 xe = _mm512_set1_ps(bf16_to_float(x[r * ldx + 2 * k2]));
+      __m512 xo = _mm512_set1_ps(bf16_to_float(x[r * ldx + 2 * k2 + 1]));
+      acc[r][0] = _mm512_fmadd_ps(xe, w0e, _mm512_fmadd_ps(xo, w0o, acc[r][0]));
+      acc[r][1] = _mm512_fmadd_ps(xe, w1e, _mm512_fmadd_ps(xo, w1o, acc[r][1]));
+    }
+  }
+#endif
+}
+
+enum class Kind { kFp32, kBf16, kInt8 };
+
+// Writes R rows of one tile: out[r, n0 : n0 + valid] = acc * scale + bias.
+template <int R>
+inline void store_tile(__m512 (&acc)[kMaxRows][2], int64_t n0, int64_t valid, const float* scale,
+                       const float* bias, void* out, int64_t ldo, bool out_bf16) {
+  for (int h = 0; h < 2; ++h) {
+    int64_t n = n0 + 16 * h;
+    int64_t cnt = valid - 16 * h;
+    if (cnt <= 0) break;
+    __mmask16 m = cnt >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << cnt) - 1);
+    __m512 s = scale ? _mm512_maskz_loadu_ps(m, scale + n) : _mm512_set1_ps(1.0f);
+    __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + n) : _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) {
+      __m512 y = _mm512_fmadd_ps(acc[r][h], s, b);
+      if (out_bf16) {
+        store_bf16x16_masked(static_cast<uint16_t*>(out) + r * ldo + n, y, m);
+      } else {
+        _mm512_mask_storeu_ps(static_cast<float*>(out) + r * ldo + n, m, y);
+      }
+    }
+  }
+}
+
+template <int R>
+void run_rows(Kind kind, const void* x, int64_t ldx, const void* w_tile, int64_t K, int64_t n0,
+              int64_t valid, const float* scale, const float* bias, void* out, int64_t ldo,
+              bool out_bf16) {
+  __m512 acc[kMaxRows][2];  // fully unrolled over R: stays in registers
+  if (kind == Kind::kFp32) {
+    tile_fp32<R>(static_cast<const float*>(x), ldx, static_cast<const float*>(w_tile), K, acc);
+  } else if (kind == Kind::kInt8) {
+    tile_int8<R>(static_cast<const float*>(x), ldx, static_cast<const int8_t*>(w_tile), K, acc);
+  } else {
+    tile_bf16<R>(static_cast<const uint16_t*>(x), ldx, static_cast<const uint16_t*>(w_tile), K / 2, acc);
+  }
+  store_tile<R>(acc, n0, valid, scale, bias, out, ldo, out_bf16);
+}
+
+using RowsFn = void (*)(Kind, const void*, int64_t, const void*, int64_t, int64_t, int64_t,
+                        const float*, const float*, void*, int64_t, bool);
+template <int... Rs>
+constexpr std::array<RowsFn, sizeof...(Rs)> rows_table(std::integer_sequence<int, Rs...>) {
+  return {&run_rows<Rs + 1>...};
+}
+#endif
+
+int64_t padded(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+}  // namespace
+
+// Packs W [N, K] for `linear_packed`. kind: "fp32" | "bf16" (W converted to that dtype) or
+// "int8" (W already quantized to int8; the per-feature scales are passed to linear_packed).
+at::Tensor pack_linear_weight(const at::Tensor& weight, const std::string& kind) {
+  TORCH_CHECK(weight.dim() == 2, "weight must be [N, K]");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  const int64_t Np = padded(N, kTile);
+  if (kind == "fp32") {
+    at::Tensor w = at::zeros({Np, K}, weight.options().dtype(at::kFloat));
+    w.narrow(0, 0, N).copy_(weight);
+    // [Np/32, 32, K] -> [Np/32, K, 32]
+    return w.view({Np / kTile, kTile, K}).transpose(1, 2).contiguous();
+  }
+  if (kind == "bf16") {
+    const int64_t Kp = padded(K, 2);
+    at::Tensor w = at::zeros({Np, Kp}, weight.options().dtype(at::kBFloat16));
+    w.narrow(0, 0, N).narrow(1, 0, K).copy_(weight);
+    // [Np/32, 32, Kp/2, 2] -> [Np/32, Kp/2, 32, 2]
+    return w.view({Np / kTile, kTile, Kp / 2, 2}).transpose(1, 2).contiguous();
+  }
+  if (kind == "int8") {
+    TORCH_CHECK(weight.scalar_type() == at::kChar, "int8 packing takes quantized int8 weights");
+    at::Tensor w = at::zeros({Np, K}, weight.options());
+    w.narrow(0, 0, N).copy_(weight);
+    return w.view({Np / kTile, kTile, K}).transpose(1, 2).contiguous();
+  }
+  TORCH_CHECK(false, "unknown packed kind ", kind);
+}
+
+// y = x @ W^T (* scales) (+ bias) with W packed by `pack_linear_weight`. x: [M, K] fp32/bf16
+// (bf16 only with kind "bf16" ... or any with int8); returns [M, N] in x's dtype.
+at::Tensor linear_packed(const at::Tensor& x_in, const at::Tensor& packed, int64_t N,
+                         const std::string& kind_name, const c10::optional<at::Tensor>& scales,
+                         const c10::optional<at::Tensor>& bias) {
+#if RADIXLM_AVX512
+  TORCH_CHECK(x_in.dim() == 2, "x must be [M, K]");
+  const int64_t M = x_in.size(0), K = x_in.size(1);
+  const bool out_bf16 = x_in.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(out_bf16 || x_in.scalar_type() == at::kFloat, "x must be fp32 or bf16");
+  Kind kind = kind_name == "fp32" ? Kind::kFp32 : kind_name == "bf16" ? Kind::kBf16 : Kind::kInt8;
+  // Operand x in the kernel's precision: fp32 for fp32/int8 weights, bf16 (even K) for bf16.
+  at::Tensor x;
+  if (kind == Kind::kBf16) {
+    TORCH_CHECK(out_bf16, "bf16-packed weights take bf16 activations");
+    if (K % 2) {
+      x = at::zeros({M, K + 1}, x_in.options());
+      x.narrow(1, 0, K).copy_(x_in);
+    } else {
+      x = x_in.contiguous();
+    }
+  } else {
+    TORCH_CHECK(kind == Kind::kInt8 || !out_bf16, "fp32-packed weights take fp32 activations");
+    x = x_in.to(at::kFloat).contiguous();
+  }
+  const int64_t Kx = x.size(1);
+  const int64_t tiles = packed.size(0);
+  TORCH_CHECK(padded(N, kTile) == tiles * kTile, "packed weight does not match N");
+  at::Tensor out = at::empty({M, N}, x_in.options());
+  const float* s = nullptr;
+  at::Tensor scale_f;
+  if (kind == Kind::kInt8) {
+    TORCH_CHECK(scales.has_value(), "int8 weights need scales");
+    scale_f = scales->to(at::kFloat).contiguous();
+    s = scale_f.data_ptr<float>();
+  }
+  at::Tensor bias_f;
+  const float* b = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    bias_f = bias->to(at::kFloat).contiguous();
+    b = bias_f.data_ptr<float>();
+  }
+  const int64_t tile_elems = (kind == Kind::kBf16 ? Kx : K) * kTile;
+  const int64_t elem = kind == Kind::kFp32 ? 4 : kind == Kind::kBf16 ? 2 : 1;
+  const char* wbase = static_cast<const char*>(packed.data_ptr());
+  const char* xbase = static_cast<const char*>(x.data_ptr());
+  const int64_t xelem = x.element_size();
+  char* obase = static_cast<char*>(out.data_ptr());
+  const int64_t oelem = out.element_size();
+  static constexpr auto table = rows_table(std::make_integer_sequence<int, kMaxRows>{});
+  const int64_t kdim = kind == Kind::kBf16 ? Kx : K;
+  // NOTE: dynamic scheduling in small chunks: when another process takes a core, the thread
+  // that still runs picks up the tiles of the one that was descheduled, instead of waiting at
+  // the barrier for a static half (throughput then degrades in proportion, not by half or more).
+  const int64_t chunk = std::max<int64_t>(1, tiles / (8 * std::max(1, at::get_num_threads())));
+#pragma omp parallel for schedule(dynamic, chunk) num_threads(at::get_num_threads()) if (tiles > 1)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const void* wt = wbase + t * tile_elems * elem;
+    const int64_t n0 = t * kTile;
+    const int64_t valid = std::min<int64_t>(kTile, N - n0);
+    for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, M - m0));
+      table[rows - 1](kind, xbase + m0 * Kx * xelem, Kx, wt, kdim, n0, valid, s, b,
+                      obase + m0 * N * oelem, N, out_bf16);
+    }
+  }
+  return out;
+#else
+  TORCH_CHECK(false, "radixlm_cpu was built without AVX-512");
+#endif
+}
+
+}  // namespace radixlm

@@ -1,0 +1,96 @@
+"""Torch references of the native CPU kernels: the semantics each kernel must reproduce.
+
+Each function computes exactly what the model's torch path computes (same ops, same rounding
+points), and the kernel tests compare ``radixlm_cpu`` against these on random shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 weights with one fp32 scale per output feature (row): ``w ≈ q * s``.
+
+    ``s = max|w_row| / 127`` (1 for an all-zero row), ``q = round(w / s)`` in [-127, 127].
+    """
+    w = weight.float()
+    scales = w.abs().amax(dim=1) / 127.0
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x @ W^T (+ bias)`` accumulated in fp32, rounded once to x's dtype. ``weight`` int8 with
+    ``scales`` is the w8a16 path: ``(x @ q^T) * s + bias``."""
+    w = weight.float()
+    y = x.float() @ w.t()
+    if scales is not None:
+        y = y * scales.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def decode_attention(
+    q: torch.Tensor,  # [B, H, D]
+    k_pool: torch.Tensor,  # [S, KVH, D]
+    v_pool: torch.Tensor,
+    table: torch.Tensor,  # [R, C] int32
+    rows: torch.Tensor,  # [B]
+    lens: torch.Tensor,  # [B]
+    scale: float,
+    window: int,  # <= 0: none
+) -> torch.Tensor:  # [B, H, D] in q's dtype
+    """Softmax attention of each request's query over its first ``lens[b]`` pool slots (the last
+    ``window`` of them with a sliding window), computed in fp32."""
+    out = torch.empty_like(q)
+    kvh = k_pool.shape[1]
+    for b in range(q.shape[0]):
+        n = int(lens[b])
+        start = max(0, n - window) if window > 0 else 0
+        slots = table[int(rows[b]), start:n].long()
+        k = k_pool[slots].float().transpose(0, 1)  # [KVH, L, D]
+        v = v_pool[slots].float().transpose(0, 1)
+        qb = q[b].float().view(kvh, -1, q.shape[-1])  # [KVH, G, D]
+        p = torch.softmax(qb @ k.transpose(1, 2) * scale, dim=-1)  # [KVH, G, L]
+        out[b] = (p @ v).reshape(q.shape[1], q.shape[2]).to(q.dtype)
+    return out
+
+
+def add_rmsnorm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``RMSNorm.forward_with_residual`` (radixlm.layers.norm): returns (normed, x + residual)."""
+    if residual is not None:
+        x = x + residual
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype), x
+
+
+def rope(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half RoPE of ``radixlm.layers.rotary`` (tables fp32, products in q's dtype)."""
+    c = cos[positions].to(q.dtype).unsqueeze(1)
+    s = sin[positions].to(q.dtype).unsqueeze(1)
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return x * c + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * s
+
+    return rot(q), rot(k)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gate_up = [gate | up]`` (the MLP of radixlm.models.llama)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
