@@ -69,8 +69,9 @@ inline __m512 round_bf16_vec(__m512 v) {
   return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
-// exp(x) for x <= 0 (softmax arguments), relative error < 2e-7: x = n ln2 + r, |r| <= ln2/2,
-// e^r by a degree-6 Taylor polynomial, then scaled by 2^n. Inputs below -87 give 0.
+// exp(x), relative error < 2e-7: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 Taylor
+// polynomial, then scaled by 2^n. Inputs below -87 give ~1e-38 (callers mask what must be 0);
+// above ~88.7 the result is inf, as expf.
 inline __m512 exp_ps(__m512 x) {
   const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
   const __m512 ln2 = _mm512_set1_ps(0.693147180559945309f);
