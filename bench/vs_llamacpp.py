@@ -66,12 +66,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import math
 import os
 import shlex
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -402,6 +404,14 @@ def parse_args() -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument
+    a(
+        "--cpu-hog",
+        type=int,
+        default=None,
+        metavar="CORE",
+        help="keep a busy-loop process pinned to this core for the whole run (taskset), to "
+        "measure how each server degrades when another process takes a core",
+    )
     a("--passes", type=int, default=2, help="alternating passes; the median is reported")
     a("--dtypes", default="float32,bfloat16", help="RadixLM --dtype vs GGUF f32 / bf16")
     a("--systems", default="radixlm,llama-server", help=f"comma-separated from {SYSTEMS}")
@@ -529,6 +539,13 @@ def main() -> None:
         )
     bandwidth = [memory_bandwidth(args.num_threads)]
     print(f"memory bandwidth: {bandwidth[0]:.1f} GB/s (512 MB read, {args.num_threads} threads)")
+
+    if args.cpu_hog is not None:
+        hog = subprocess.Popen(
+            ["taskset", "-c", str(args.cpu_hog), sys.executable, "-c", "while True: pass"]
+        )
+        atexit.register(hog.kill)
+        print(f"CPU hog: pid {hog.pid} busy on core {args.cpu_hog} for the whole run")
 
     log_dir = Path(tempfile.mkdtemp(prefix="radixlm_vs_llamacpp_"))
     print(f"server logs: {log_dir}", flush=True)
