@@ -12,12 +12,20 @@ from radixlm.config import BUNDLED_MODEL
 
 def pytest_configure(config) -> None:
     """Under pytest-xdist, split the cores between workers: torch's default (every core per
-    process) oversubscribes the CPU, and spinning OpenMP threads then slow small ops by 10×+."""
+    process) oversubscribes the CPU, and spinning OpenMP threads then slow small ops by 10×+.
+
+    Also build the native CPU kernels once, up front (in the controlling process, before any
+    worker starts): every engine and server of the suite loads them, and a server test should
+    not spend its start-up timeout waiting for the first build (about a minute)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    from radixlm.kernels import cpu
+
+    if cpu._cpu_has_avx512():
+        cpu.load_cpu_kernels(required=False)  # a failure is reported by the tests that need it
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
