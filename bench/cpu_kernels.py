@@ -253,6 +253,9 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     labels = [r["case"] for r in rows]
     ax.barh(labels, [r["speedup"] for r in rows], color="tab:blue")
     ax.axvline(1.0, color="black", lw=1)
+    ax.set_xscale("log")
+    for i, r in enumerate(rows):
+        ax.text(r["speedup"], i, f" {r['speedup']:.2f}x", va="center", fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("native / best torch alternative (median time ratio; > 1 = native faster)")
     ax.set_title("RadixLM native CPU kernels vs torch")
