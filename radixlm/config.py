@@ -151,6 +151,12 @@ class EngineConfig:
     random_seed: int = _opt(0, "seed of the sampler for requests without sampling_seed")
     skip_tokenizer_init: bool = _opt(False, "do not load a tokenizer; requests must pass input_ids")
     num_threads: int | None = _opt(None, "torch CPU threads; default: torch's choice")
+    disable_adaptive_threads: bool = _opt(
+        False,
+        "CPU decode: keep --num-threads fixed. By default every 400 decode steps try one "
+        "thread fewer (or back) for 8 steps and keep the faster, so a core taken by another "
+        "process slows decode in proportion instead of stalling every parallel region",
+    )
     log_level: str = _opt(
         "info", "logging level of entry points", ("debug", "info", "warning", "error")
     )

@@ -254,3 +254,38 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
 }
 
 }  // namespace radixlm
+
+namespace radixlm {
+
+// k_pool[slots[t]] = k[t], v_pool[slots[t]] = v[t] for the new tokens of a step (one call for
+// both pools instead of two indexed writes). k, v: [T, KVH, D] with contiguous heads (strided
+// token rows, as views of the fused qkv output), the pools' dtype; slots: [T] int64.
+void set_kv_(at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& slots, const at::Tensor& k,
+             const at::Tensor& v) {
+  TORCH_CHECK(k_pool.is_contiguous() && v_pool.is_contiguous(), "pools must be contiguous");
+  TORCH_CHECK(k.scalar_type() == k_pool.scalar_type() && v.scalar_type() == v_pool.scalar_type(),
+              "k/v must have the pools' dtype");
+  TORCH_CHECK(k.dim() == 3 && v.dim() == 3 && k.size(1) == k_pool.size(1) && k.size(2) == k_pool.size(2),
+              "k/v must be [T, KVH, D] like the pools");
+  TORCH_CHECK(k.stride(2) == 1 && k.stride(1) == k.size(2) && v.stride(2) == 1 && v.stride(1) == v.size(2),
+              "k/v heads must be contiguous");
+  at::Tensor sl = slots.to(at::kLong).contiguous();
+  const int64_t T = sl.numel(), S = k_pool.size(0);
+  TORCH_CHECK(k.size(0) == T && v.size(0) == T, "one slot per token");
+  const int64_t* sp = sl.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t) TORCH_CHECK(sp[t] >= 0 && sp[t] < S, "slot ", sp[t], " outside the pool");
+  const int64_t row = k.size(1) * k.size(2) * k.element_size();
+  char* kd = static_cast<char*>(k_pool.data_ptr());
+  char* vd = static_cast<char*>(v_pool.data_ptr());
+  const char* ks = static_cast<const char*>(k.data_ptr());
+  const char* vs = static_cast<const char*>(v.data_ptr());
+  const int64_t kst = k.stride(0) * k.element_size(), vst = v.stride(0) * v.element_size();
+  at::parallel_for(0, T, 256, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      std::memcpy(kd + sp[t] * row, ks + t * kst, row);
+      std::memcpy(vd + sp[t] * row, vs + t * vst, row);
+    }
+  });
+}
+
+}  // namespace radixlm

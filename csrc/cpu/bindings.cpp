@@ -11,6 +11,8 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                             const at::Tensor& table, const at::Tensor& rows, const at::Tensor& lens,
                             double scale, int64_t window);
+void set_kv_(at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& slots, const at::Tensor& k,
+             const at::Tensor& v);
 std::vector<at::Tensor> add_rmsnorm(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
                                     const at::Tensor& weight, double eps);
 void rope_(const at::Tensor& positions, at::Tensor& q, at::Tensor& k, const at::Tensor& cos,
@@ -29,6 +31,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_linear_weight", &radixlm::pack_linear_weight, "pack W [N, K] into 32-feature tiles");
   m.def("linear_packed", &radixlm::linear_packed, "x @ W^T with a packed W");
   m.def("decode_attention", &radixlm::decode_attention, "paged decode attention from the KV pools");
+  m.def("set_kv_", &radixlm::set_kv_, "write new tokens' K/V rows into the pools");
   m.def("add_rmsnorm", &radixlm::add_rmsnorm, "residual add + RMSNorm");
   m.def("rope_", &radixlm::rope_, "rotary embedding in place (rotate-half)");
   m.def("silu_mul", &radixlm::silu_mul, "silu(gate) * up");

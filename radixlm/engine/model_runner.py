@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,6 +25,7 @@ from radixlm.attention import create_attention_backend
 from radixlm.config import EngineConfig
 from radixlm.engine.cuda_graph_runner import CudaGraphRunner, GraphOps
 from radixlm.engine.forward_batch import ForwardBatch
+from radixlm.engine.thread_tuner import ThreadTuner
 from radixlm.errors import ConfigError
 from radixlm.mem.kv_pool import TokenToKVPool
 from radixlm.mem.req_to_token import ReqToTokenPool
@@ -73,6 +75,12 @@ class ModelRunner:
         self.device = torch.device(config.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        threads = torch.get_num_threads()
+        self.thread_tuner = (
+            ThreadTuner(threads)
+            if self.device.type == "cpu" and not config.disable_adaptive_threads and threads >= 2
+            else None
+        )
         self.model_config: ModelConfig = load_model_config(config.model_path)
         mc = self.model_config
         self.dtype = resolve_dtype(config.dtype, mc.checkpoint_dtype, self.device)
@@ -226,7 +234,15 @@ class ModelRunner:
             self.prepare(fb)
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
-        return self.model(fb, self.attn_backend)
+        tuner = self.thread_tuner
+        if tuner is None or fb.mode.is_extend():
+            return self.model(fb, self.attn_backend)
+        # NOTE: set on the thread that runs the forward: OpenMP's thread count is per thread.
+        torch.set_num_threads(tuner.threads)
+        start = time.perf_counter()
+        out = self.model(fb, self.attn_backend)
+        tuner.record(time.perf_counter() - start)
+        return out
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -94,3 +94,15 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` for ``gate_up = [gate | up]`` (the MLP of radixlm.models.llama)."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def set_kv(
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slots: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+) -> None:
+    """``TokenToKVPool.set_kv``: row ``slots[t]`` of each pool becomes token t's K/V."""
+    k_pool[slots] = k.to(k_pool.dtype)
+    v_pool[slots] = v.to(v_pool.dtype)

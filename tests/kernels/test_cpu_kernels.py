@@ -137,3 +137,20 @@ def test_silu_mul(kernels, dtype, t):
     _close(
         kernels.silu_mul(gate_up), ref.silu_mul(gate_up), 1e-6 if dtype == torch.float32 else 8e-3
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t", [1, 9, 300])
+def test_set_kv(kernels, dtype, t):
+    g = torch.Generator().manual_seed(t)
+    qkv = torch.randn(t, (12 + 8) * 64, generator=g).to(dtype)
+    _, k, v = qkv.split([768, 256, 256], dim=-1)
+    k, v = k.view(t, 4, 64), v.view(t, 4, 64)  # strided views, as the model passes them
+    slots = torch.randperm(1000, generator=g)[:t] + 1
+    pools = [torch.randn(1001, 4, 64, generator=g).to(dtype) for _ in range(2)]
+    expected = [p.clone() for p in pools]
+    ref.set_kv(*expected, slots, k, v)
+    kernels.set_kv_(*pools, slots, k, v)
+    assert torch.equal(pools[0], expected[0]) and torch.equal(pools[1], expected[1])
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        kernels.set_kv_(*pools, torch.full((t,), 1001), k, v)
