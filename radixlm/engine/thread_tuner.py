@@ -6,8 +6,9 @@ the time and every barrier waits for it: with 2 threads on 2 cores and one core 
 decode step measured ~4x slower, while 1 thread on the free core is only ~1.6x slower than 2 on
 an idle machine.
 
-How: decode steps are timed; every ``period`` steps the tuner runs ``window`` steps at the other
-candidate (``max_threads - 1`` while at ``max_threads``, ``max_threads`` while below it) and
+How: decode steps are timed; every ``period`` steps, or sooner once ``interval`` seconds of decode
+have passed (slow, contended steps then do not delay the reaction by minutes), the tuner runs
+``window`` steps at the other candidate (``max_threads - 1`` while at ``max_threads``, ``max_threads`` while below it) and
 switches when their median is at least ``margin`` faster than the median of the last ``window``
 steps at the current count (adjacent windows see nearly the same batch). Idle cost: ``window``
 slower steps per ``period`` (about 1 %).
@@ -27,15 +28,21 @@ logger = logging.getLogger(__name__)
 
 class ThreadTuner:
     def __init__(
-        self, max_threads: int, period: int = 400, window: int = 8, margin: float = 0.15
+        self,
+        max_threads: int,
+        period: int = 400,
+        window: int = 8,
+        margin: float = 0.15,
+        interval: float = 3.0,
     ) -> None:
         assert max_threads >= 2 and window >= 1 and period > window
         self.max_threads = max_threads
-        self.period, self.window, self.margin = period, window, margin
+        self.period, self.window, self.margin, self.interval = period, window, margin, interval
         self.current = max_threads
         self._recent: deque[float] = deque(maxlen=window)  # step seconds at ``current``
         self._probe: list[float] | None = None  # step seconds at the candidate, while probing
         self._since_probe = 0
+        self._seconds_since_probe = 0.0
 
     @property
     def candidate(self) -> int:
@@ -55,7 +62,9 @@ class ThreadTuner:
             return
         self._recent.append(seconds)
         self._since_probe += 1
-        if self._since_probe >= self.period and len(self._recent) == self.window:
+        self._seconds_since_probe += seconds
+        due = self._since_probe >= self.period or self._seconds_since_probe >= self.interval
+        if due and len(self._recent) == self.window:
             self._probe = []
 
     def _decide(self, probe_median: float) -> None:
@@ -75,3 +84,4 @@ class ThreadTuner:
             self._recent.clear()
         self._probe = None
         self._since_probe = 0
+        self._seconds_since_probe = 0.0

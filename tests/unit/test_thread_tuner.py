@@ -16,7 +16,7 @@ def drive(tuner: ThreadTuner, seconds_at: dict[int, float], steps: int) -> list[
 
 
 def test_idle_machine_keeps_all_threads_and_probes_rarely():
-    tuner = ThreadTuner(2, period=50, window=4)
+    tuner = ThreadTuner(2, period=50, window=4, interval=100.0)
     used = drive(tuner, {2: 0.008, 1: 0.012}, 540)
     assert tuner.current == 2
     # one probe window of 4 steps per period of 50 (plus the window before the first probe)
@@ -24,7 +24,7 @@ def test_idle_machine_keeps_all_threads_and_probes_rarely():
 
 
 def test_contention_switches_down_then_back_up():
-    tuner = ThreadTuner(2, period=50, window=4)
+    tuner = ThreadTuner(2, period=50, window=4, interval=100.0)
     drive(tuner, {2: 0.008, 1: 0.012}, 60)
     assert tuner.current == 2
     drive(tuner, {2: 0.030, 1: 0.012}, 60)  # a hog takes a core: 2 threads stall
@@ -34,7 +34,14 @@ def test_contention_switches_down_then_back_up():
 
 
 def test_small_differences_do_not_flip_flop():
-    tuner = ThreadTuner(4, period=20, window=4, margin=0.15)
+    tuner = ThreadTuner(4, period=20, window=4, margin=0.15, interval=100.0)
     drive(tuner, {4: 0.010, 3: 0.0095}, 400)  # 5 % faster is within the margin
     assert tuner.current == 4
     assert ThreadTuner(4).candidate == 3
+
+
+def test_slow_steps_bring_the_probe_forward():
+    """Contended steps of 200 ms: the probe comes after ``interval`` seconds, not 400 steps."""
+    tuner = ThreadTuner(2, period=400, window=8, interval=3.0)
+    used = drive(tuner, {2: 0.2, 1: 0.03}, 40)
+    assert tuner.current == 1 and used.index(1) == 15  # 15 steps x 0.2 s >= 3 s
