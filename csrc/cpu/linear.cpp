@@ -52,12 +52,13 @@ inline void k_loop(int64_t n, Acc& acc, Step step) {
   for (; k < n; ++k) step(k, acc);
 }
 
-// acc[r][0..1] += x[r, k] * w[k, 0..31] over all k, for R rows of fp32 x.
-template <int R>
-inline void tile_fp32(const float* x, int64_t ldx, const float* w, int64_t K, Acc& acc) {
+// acc[r][0..1] += x[r, k] * w[k, 0..31] over all k, for R rows of fp32 x; load_w(k, w0, w1)
+// produces row k of the tile as two fp32 vectors.
+template <int R, class LoadW>
+inline void tile_f32(const float* x, int64_t ldx, int64_t K, Acc& acc, LoadW load_w) {
   k_loop<R>(K, acc, [&](int64_t k, Acc& a) {
-    __m512 w0 = _mm512_loadu_ps(w + k * kTile);
-    __m512 w1 = _mm512_loadu_ps(w + k * kTile + 16);
+    __m512 w0, w1;
+    load_w(k, w0, w1);
 #pragma GCC unroll 12
     for (int r = 0; r < R; ++r) {
       __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
@@ -68,17 +69,20 @@ inline void tile_fp32(const float* x, int64_t ldx, const float* w, int64_t K, Ac
 }
 
 template <int R>
+inline void tile_fp32(const float* x, int64_t ldx, const float* w, int64_t K, Acc& acc) {
+  tile_f32<R>(x, ldx, K, acc, [&](int64_t k, __m512& w0, __m512& w1) {
+    w0 = _mm512_loadu_ps(w + k * kTile);
+    w1 = _mm512_loadu_ps(w + k * kTile + 16);
+  });
+}
+
+// int8 weights widened to fp32 on the fly (the per-feature scales are applied at the store).
+template <int R>
 inline void tile_int8(const float* x, int64_t ldx, const int8_t* w, int64_t K, Acc& acc) {
-  k_loop<R>(K, acc, [&](int64_t k, Acc& a) {
+  tile_f32<R>(x, ldx, K, acc, [&](int64_t k, __m512& w0, __m512& w1) {
     __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * kTile));
-    __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
-    __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
-#pragma GCC unroll 12
-    for (int r = 0; r < R; ++r) {
-      __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
-      a[r][0] = _mm512_fmadd_ps(xv, w0, a[r][0]);
-      a[r][1] = _mm512_fmadd_ps(xv, w1, a[r][1]);
-    }
+    w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+    w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
   });
 }
 
