@@ -235,9 +235,13 @@ class ModelRunner:
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
         tuner = self.thread_tuner
-        if tuner is None or fb.mode.is_extend():
+        if tuner is None:
             return self.model(fb, self.attn_backend)
         # NOTE: set on the thread that runs the forward: OpenMP's thread count is per thread.
+        # Prefill runs at the chosen count (never at a probe's), and is not timed.
+        if fb.mode.is_extend():
+            torch.set_num_threads(tuner.current)
+            return self.model(fb, self.attn_backend)
         torch.set_num_threads(tuner.threads)
         start = time.perf_counter()
         out = self.model(fb, self.attn_backend)
