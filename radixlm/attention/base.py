@@ -61,10 +61,14 @@ class AttentionBackend:
         layer: AttentionLayerSpec,
         fb: ForwardBatch,
     ) -> torch.Tensor:  # [T, num_heads * head_dim]
-        fb.kv_pool.set_kv(layer.layer_id, fb.out_cache_loc, k, v)
+        self.write_kv(k, v, layer, fb)
         if fb.mode.is_extend():
             return self.forward_extend(q, k, v, layer, fb)
         return self.forward_decode(q, layer, fb)
+
+    def write_kv(self, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> None:
+        """Store the new tokens' K/V in ``fb.out_cache_loc`` of layer ``layer.layer_id``."""
+        fb.kv_pool.set_kv(layer.layer_id, fb.out_cache_loc, k, v)
 
     def forward_extend(self, q, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
         raise NotImplementedError

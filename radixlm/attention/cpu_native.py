@@ -46,17 +46,15 @@ class CpuNativeBackend(TorchNativeBackend):
         rows = torch.arange(fb.batch_size, dtype=torch.int64, device=table.device)
         fb.attn_metadata = _DecodeMeta(table, rows, fb.seq_lens)
 
-    def forward(self, q, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
+    def write_kv(self, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> None:
         pool = fb.kv_pool
         if k.dtype != pool.dtype:  # the kernel copies rows as they are
-            return super().forward(q, k, v, layer, fb)
-        # One native call writes both pools (the base class does two indexed writes).
+            super().write_kv(k, v, layer, fb)
+            return
+        # One native call writes both pools (the pool's set_kv is two indexed writes).
         self.kernels.set_kv_(
             pool.k_buffers[layer.layer_id], pool.v_buffers[layer.layer_id], fb.out_cache_loc, k, v
         )
-        if fb.mode.is_extend():
-            return self.forward_extend(q, k, v, layer, fb)
-        return self.forward_decode(q, layer, fb)
 
     def forward_extend(self, q, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
         if q.dtype == torch.float32:

@@ -6,10 +6,10 @@ the time and every barrier waits for it: with 2 threads on 2 cores and one core 
 decode step measured ~4x slower, while 1 thread on the free core is only ~1.6x slower than 2 on
 an idle machine.
 
-How: decode steps are timed; every ``period`` steps, or sooner once ``interval`` seconds of decode
-have passed (slow, contended steps then do not delay the reaction by minutes), the tuner runs
-``window`` steps at the other candidate (``max_threads - 1`` while at ``max_threads``, ``max_threads`` while below it) and
-switches when their median is at least ``margin`` faster than the median of the last ``window``
+How: decode steps are timed; every ``period`` steps, or sooner once ``interval`` seconds of
+decode have passed (slow, contended steps then do not delay the reaction by minutes), the tuner
+runs ``window`` steps at the other candidate (``max_threads - 1`` while at ``max_threads``,
+``max_threads`` while below it) and switches when their median is at least ``margin`` faster than the median of the last ``window``
 steps at the current count (adjacent windows see nearly the same batch). Idle cost: ``window``
 slower steps per ``period`` (about 1 %).
 

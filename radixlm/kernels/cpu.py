@@ -105,5 +105,8 @@ def load_cpu_kernels(required: bool) -> ModuleType | None:
     if isinstance(result, ModuleType):
         return result
     if required:
-        raise ConfigError(f"cpu_kernels=native: the native CPU kernels are unavailable: {result}")
+        raise ConfigError(
+            f"the native CPU kernels are unavailable: {result} (cpu_kernels=native and "
+            "quantization=w8a16 need them; cpu_kernels=torch runs without them)"
+        )
     return None

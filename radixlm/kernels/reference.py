@@ -9,6 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# The model's own torch path is the reference for the fused norm and RoPE kernels.
+from radixlm.layers.norm import add_rms_norm as add_rmsnorm  # noqa: F401
+from radixlm.layers.rotary import apply_rope as rope  # noqa: F401
+
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 weights with one fp32 scale per output feature (row): ``w ≈ q * s``.
@@ -63,31 +67,6 @@ def decode_attention(
         p = torch.softmax(qb @ k.transpose(1, 2) * scale, dim=-1)  # [KVH, G, L]
         out[b] = (p @ v).reshape(q.shape[1], q.shape[2]).to(q.dtype)
     return out
-
-
-def add_rmsnorm(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``RMSNorm.forward_with_residual`` (radixlm.layers.norm): returns (normed, x + residual)."""
-    if residual is not None:
-        x = x + residual
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype), x
-
-
-def rope(
-    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate-half RoPE of ``radixlm.layers.rotary`` (tables fp32, products in q's dtype)."""
-    c = cos[positions].to(q.dtype).unsqueeze(1)
-    s = sin[positions].to(q.dtype).unsqueeze(1)
-
-    def rot(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return x * c + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * s
-
-    return rot(q), rot(k)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """``PackedLinear``: a linear layer whose weight is prepacked for the native CPU GEMM.
 
-Built from a loaded ``nn.Linear`` by :func:`pack_linear`; the packed tiles replace the weight
-(one copy in memory). ``kind`` is the weight format the kernel streams:
+Built from a loaded ``nn.Linear`` by :mod:`radixlm.layers.native`; the packed tiles replace the
+weight (one copy in memory). ``kind`` is the weight format the kernel streams:
 - ``fp32`` / ``bf16``: the weight in the model's dtype (same numerics as ``F.linear``, fp32
   accumulation);
 - ``int8`` (``--quantization w8a16``): symmetric per-output-channel int8 weights, fp32 scales,

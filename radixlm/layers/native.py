@@ -21,7 +21,6 @@ from torch import nn
 
 from radixlm.errors import ConfigError
 from radixlm.layers.linear import PackedLinear, packed_kind
-from radixlm.layers.norm import RMSNorm
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +42,8 @@ def use_native_kernels(
     if head is None and hasattr(model, "model"):
         # Tied embeddings: the head gets its own packed copy; the embedding stays for lookup.
         model.lm_head = PackedLinear(kernels, model.model.embed_tokens.weight, None, kind)
-    for module in model.modules():
-        if isinstance(module, RMSNorm) or hasattr(module, "kernels"):
+    for module in model.modules():  # RMSNorm, MLP (and the PackedLinears, already set)
+        if hasattr(module, "kernels"):
             module.kernels = kernels
     rotary = getattr(model, "rotary", None)
     if rotary is not None:

@@ -10,6 +10,23 @@ import torch
 from torch import nn
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise in fp32, cast back to ``x``'s dtype, scale by ``weight`` (HF Llama)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(x + residual), x + residual)``; the torch path, and the semantics of the
+    native ``add_rmsnorm`` kernel."""
+    if residual is not None:
+        x = x + residual
+    return rms_norm(x, weight, eps), x
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -18,10 +35,7 @@ class RMSNorm(nn.Module):
         self.kernels = None  # radixlm_cpu module, set by radixlm.layers.native
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
     def forward_with_residual(
         self, x: torch.Tensor, residual: torch.Tensor | None
@@ -33,6 +47,4 @@ class RMSNorm(nn.Module):
         if self.kernels is not None and x.dim() == 2:
             normed, res = self.kernels.add_rmsnorm(x, residual, self.weight, self.eps)
             return normed, res
-        if residual is not None:
-            x = x + residual
-        return self.forward(x), x
+        return add_rms_norm(x, residual, self.weight, self.eps)

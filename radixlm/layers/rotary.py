@@ -71,9 +71,21 @@ class RotaryEmbedding:
         if self.kernels is not None:
             self.kernels.rope_(positions, q, k, self.cos_cache, self.sin_cache)  # in place
             return q, k
-        cos = self.cos_cache[positions].to(q.dtype).unsqueeze(1)  # [T, 1, head_dim]
-        sin = self.sin_cache[positions].to(q.dtype).unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return apply_rope(positions, q, k, self.cos_cache, self.sin_cache)
+
+
+def apply_rope(
+    positions: torch.Tensor,  # [T]
+    q: torch.Tensor,  # [T, num_heads, head_dim]
+    k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    cos_cache: torch.Tensor,  # [max_positions, head_dim] fp32
+    sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half RoPE with the tables cast to q's dtype (HF numerics); the torch path, and the
+    semantics of the native ``rope_`` kernel."""
+    cos = cos_cache[positions].to(q.dtype).unsqueeze(1)  # [T, 1, head_dim]
+    sin = sin_cache[positions].to(q.dtype).unsqueeze(1)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
