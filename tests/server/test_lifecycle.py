@@ -121,9 +121,11 @@ def test_non_streaming_disconnect_aborts(guarded):
     """A client that gives up on a non-streamed request gets its request aborted."""
     auth = {"Authorization": "Bearer sekrit"}
     before = _metric(guarded, "radixlm:num_aborted_requests_total", auth)
+    # 8 samples x 450 tokens: ~2.5 s of decode on the native CPU kernels (one sample finished in
+    # under a second, so the request could complete before the disconnect was seen).
     body = {
         "text": "Once upon a time",
-        "sampling_params": {"max_new_tokens": 450, "ignore_eos": True},
+        "sampling_params": {"max_new_tokens": 450, "ignore_eos": True, "n": 8},
     }
     s = raw_post(guarded.port, "/generate", body, auth)
     time.sleep(0.3)
