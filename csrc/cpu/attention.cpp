@@ -8,12 +8,16 @@
 //   out      [B, H, D]      q's dtype
 // Query heads h = kvh * G + g share KV head kvh (GQA, G = H / KVH). A sliding window w keeps
 // keys at positions >= len - w. Softmax is computed online in fp32 over blocks of 16 keys.
-// Work items are (request, KV head, split): a long context is split over the KV length so both
-// threads work even at batch 1, and the splits are merged with their log-sum-exp.
+// Work items are (request, split): a long context is split over the KV length so both threads
+// work even at batch 1, and the splits are merged with their log-sum-exp. An item walks its keys
+// once, block by block, and every head attends to a block while its K/V rows (whole rows, all KV
+// heads: contiguous for consecutive slots) are in L1; each head group keeps its output
+// accumulators in registers within a block.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -27,7 +31,6 @@ namespace radixlm {
 namespace {
 
 constexpr int kBlock = 16;
-constexpr int kMaxG = 16;
 constexpr int kMaxD = 256;
 
 // 16 lanes (the first `m` of them) as fp32; lanes outside the mask read as 0 and are never
@@ -68,89 +71,82 @@ inline __m512 hsum16(const __m512 (&v)[16]) {
                        _mm512_shuffle_f32x4(d0, d1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-struct Partial {
-  float m[kMaxG];
-  float l[kMaxG];
-};
+// The largest head sub-group whose output accumulators (gs x nd vectors) stay in registers.
+constexpr int gs_max(int nd) { return nd <= 4 ? 4 : nd <= 5 ? 3 : nd <= 8 ? 2 : 1; }
 
-// Attends G query heads (qf: [G][Dp] fp32, pre-scaled, zero past D; Dp = D rounded up to 16) over positions [p0, p1)
-// of one request. Writes the unnormalised accumulator acc[G][Dp], running max m and sum l.
-void attend_range(const float* qf, int G, int D, int Dp, const int32_t* slots, int64_t p0, int64_t p1,
-                  const char* kbase, const char* vbase, int64_t row_bytes, int64_t head_off,
-                  bool bf16, float* acc, Partial& st) {
-  const int nd = (D + 15) / 16;  // the last chunk is masked when D % 16 != 0
-  for (int g = 0; g < G; ++g) {
-    st.m[g] = -std::numeric_limits<float>::infinity();
-    st.l[g] = 0.f;
-    for (int d = 0; d < Dp; ++d) acc[g * Dp + d] = 0.f;
+// One block of n <= 16 keys for GS query heads of one KV head: qf [GS][Dp] fp32 (pre-scaled,
+// zero past D); krows/vrows[j]: the key's K/V of this KV head. Online-softmax update of the
+// unnormalised accumulator acc[GS][Dp] (held in registers over the block), the running max m
+// and sum l. Scores: one 16-lane partial per (key, head), then one transposing reduction per
+// head. `last` masks the last chunk of a head when D % 16 != 0 (those lanes read as 0).
+template <int ND, int GS>
+void attend_block(const float* qf, int Dp, __mmask16 last, const char* const* krows, const char* const* vrows,
+                  int n, bool bf16, float* acc, float* m, float* l) {
+  const int64_t eb = bf16 ? 2 : 4;
+  auto mask = [last](int c) { return c == ND - 1 ? last : static_cast<__mmask16>(0xffff); };
+  __m512 part[GS][kBlock];
+  for (int j = 0; j < kBlock; ++j) {
+    if (j >= n) {
+      for (int g = 0; g < GS; ++g) part[g][j] = _mm512_setzero_ps();
+      continue;
+    }
+    __m512 kv[ND];
+    for (int c = 0; c < ND; ++c) kv[c] = load16(krows[j] + c * 16 * eb, bf16, mask(c));
+    for (int g = 0; g < GS; ++g) {
+      __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qf + g * Dp), kv[0]);
+      for (int c = 1; c < ND; ++c) a = _mm512_fmadd_ps(_mm512_loadu_ps(qf + g * Dp + c * 16), kv[c], a);
+      part[g][j] = a;
+    }
   }
-  alignas(64) float s[kMaxG][kBlock];
-  const int64_t head_bytes = static_cast<int64_t>(D) * (bf16 ? 2 : 4);
-  for (int64_t j = p0; j < std::min(p1, p0 + kBlock); ++j) {
-    prefetch_row(kbase + slots[j] * row_bytes + head_off, head_bytes);
+  const __mmask16 valid = static_cast<__mmask16>(n == 16 ? 0xffff : (1u << n) - 1);
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  alignas(64) float p[GS][kBlock];
+  __m512 o[GS][ND];
+  for (int g = 0; g < GS; ++g) {
+    const __m512 sv = _mm512_mask_mov_ps(ninf, valid, hsum16(part[g]));
+    const float m_new = std::max(m[g], _mm512_reduce_max_ps(sv));
+    const float alpha = std::exp(m[g] - m_new);  // 0 on the first block (m = -inf, acc = 0)
+    const __m512 pv = _mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(sv, _mm512_set1_ps(m_new))));
+    _mm512_store_ps(p[g], pv);
+    l[g] = l[g] * alpha + _mm512_reduce_add_ps(pv);
+    m[g] = m_new;
+    const __m512 av = _mm512_set1_ps(alpha);
+    for (int c = 0; c < ND; ++c) o[g][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + g * Dp + c * 16), av);
   }
-  for (int64_t b0 = p0; b0 < p1; b0 += kBlock) {
-    const int n = static_cast<int>(std::min<int64_t>(kBlock, p1 - b0));
-    // This block's V rows and the next block's K rows arrive while the scores are computed.
-    for (int j = 0; j < n; ++j) prefetch_row(vbase + slots[b0 + j] * row_bytes + head_off, head_bytes);
-    for (int64_t j = b0 + kBlock; j < std::min(p1, b0 + 2 * kBlock); ++j) {
-      prefetch_row(kbase + slots[j] * row_bytes + head_off, head_bytes);
+  for (int j = 0; j < n; ++j) {
+    __m512 vv[ND];
+    for (int c = 0; c < ND; ++c) vv[c] = load16(vrows[j] + c * 16 * eb, bf16, mask(c));
+    for (int g = 0; g < GS; ++g) {
+      const __m512 pj = _mm512_set1_ps(p[g][j]);
+      for (int c = 0; c < ND; ++c) o[g][c] = _mm512_fmadd_ps(pj, vv[c], o[g][c]);
     }
-    // scores s[g][j] = q_g . k_j: per key and head a 16-lane partial, then one transposing
-    // reduction per head for the whole block.
-    alignas(64) __m512 part[kMaxG][kBlock];
-    for (int j = 0; j < kBlock; ++j) {
-      if (j >= n) {
-        for (int g = 0; g < G; ++g) part[g][j] = _mm512_setzero_ps();
-        continue;
-      }
-      const char* kp = kbase + slots[b0 + j] * row_bytes + head_off;
-      __m512 kv[kMaxD / 16];
-      for (int c = 0; c < nd; ++c) kv[c] = load16(kp + c * 16 * (bf16 ? 2 : 4), bf16, chunk_mask(c, nd, D));
-      for (int g = 0; g < G; ++g) {
-        // qf rows are padded to a multiple of 16 with zeros (see decode_attention)
-        const float* qg = qf + g * Dp;
-        __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qg), kv[0]);
-        for (int c = 1; c < nd; ++c) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + c * 16), kv[c], a);
-        part[g][j] = a;
-      }
-    }
-    for (int g = 0; g < G; ++g) _mm512_store_ps(s[g], hsum16(part[g]));
-    const __mmask16 valid = static_cast<__mmask16>(n == 16 ? 0xffff : (1u << n) - 1);
-    const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    alignas(64) float p[kMaxG][kBlock];
-    for (int g = 0; g < G; ++g) {
-      __m512 sv = _mm512_mask_loadu_ps(ninf, valid, s[g]);
-      const float bmax = _mm512_reduce_max_ps(sv);
-      const float m_new = std::max(st.m[g], bmax);
-      const float alpha = std::exp(st.m[g] - m_new);  // 0 on the first block (m = -inf)
-      __m512 pv = _mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(sv, _mm512_set1_ps(m_new))));
-      _mm512_store_ps(p[g], pv);
-      st.l[g] = st.l[g] * alpha + _mm512_reduce_add_ps(pv);
-      st.m[g] = m_new;
-      if (alpha != 1.f) {
-        const __m512 av = _mm512_set1_ps(alpha);
-        for (int c = 0; c < nd; ++c) {
-          float* ap = acc + g * Dp + c * 16;
-          _mm512_storeu_ps(ap, _mm512_mul_ps(_mm512_loadu_ps(ap), av));
-        }
-      }
-    }
-    // acc[g] += sum_j p[g][j] * v_j
-    for (int j = 0; j < n; ++j) {
-      const char* vp = vbase + slots[b0 + j] * row_bytes + head_off;
-      __m512 vv[kMaxD / 16];
-      for (int c = 0; c < nd; ++c) vv[c] = load16(vp + c * 16 * (bf16 ? 2 : 4), bf16, chunk_mask(c, nd, D));
-      for (int g = 0; g < G; ++g) {
-        const __m512 pj = _mm512_set1_ps(p[g][j]);
-        for (int c = 0; c < nd; ++c) {
-          float* ap = acc + g * Dp + c * 16;
-          _mm512_storeu_ps(ap, _mm512_fmadd_ps(pj, vv[c], _mm512_loadu_ps(ap)));
-        }
-      }
-    }
+  }
+  for (int g = 0; g < GS; ++g) {
+    for (int c = 0; c < ND; ++c) _mm512_storeu_ps(acc + g * Dp + c * 16, o[g][c]);
   }
 }
+
+using BlockFn = void (*)(const float*, int, __mmask16, const char* const*, const char* const*, int, bool,
+                         float*, float*, float*);
+
+template <int ND, int GS>
+constexpr BlockFn pick() {
+  if constexpr (GS <= gs_max(ND)) {
+    return &attend_block<ND, GS>;
+  } else {
+    return nullptr;
+  }
+}
+
+template <int ND>
+constexpr std::array<BlockFn, 4> row() {
+  return {pick<ND, 1>(), pick<ND, 2>(), pick<ND, 3>(), pick<ND, 4>()};
+}
+
+// [nd - 1][gs - 1]: the specialisation for heads of nd 16-lane chunks, gs heads at once.
+constexpr std::array<std::array<BlockFn, 4>, kMaxD / 16> kBlockFns = {
+    row<1>(), row<2>(), row<3>(),  row<4>(),  row<5>(),  row<6>(),  row<7>(),  row<8>(),
+    row<9>(), row<10>(), row<11>(), row<12>(), row<13>(), row<14>(), row<15>(), row<16>()};
 
 }  // namespace
 #endif
@@ -166,7 +162,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
   TORCH_CHECK(table.scalar_type() == at::kInt && table.is_contiguous(), "table must be int32");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t KVH = k_pool.size(1);
-  TORCH_CHECK(H % KVH == 0 && H / KVH <= kMaxG, "unsupported head grouping");
+  TORCH_CHECK(H % KVH == 0, "query heads must be a multiple of KV heads");
   TORCH_CHECK(D <= kMaxD && k_pool.size(2) == D, "head_dim must be <= 256 and match the pools");
   const int G = static_cast<int>(H / KVH);
   const bool q_bf16 = q.scalar_type() == at::kBFloat16;
@@ -185,66 +181,98 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
   int64_t max_len = 0;
   for (int64_t b = 0; b < B; ++b) max_len = std::max(max_len, len_p[b]);
   int64_t splits = 1;
-  if (B * KVH < 4 * threads) {
-    splits = std::min<int64_t>((4 * threads + B * KVH - 1) / (B * KVH), std::max<int64_t>(1, max_len / 128));
+  if (B < 4 * threads) {
+    splits = std::min<int64_t>((4 * threads + B - 1) / B, std::max<int64_t>(1, max_len / 128));
   }
-  const int64_t items = B * KVH * splits;
-  // Partial results of every split: acc [items][G][D], m and l [items][G].
+  const int64_t items = B * splits;
+  // Partial results of every split: acc [items][H][Dp], m and l [items][H].
   const int64_t Dp = (D + 15) / 16 * 16;  // accumulator rows padded to whole vectors
-  std::unique_ptr<float[]> acc_buf(new float[static_cast<size_t>(items) * G * Dp]);
-  std::vector<Partial> parts(static_cast<size_t>(items));
+  std::unique_ptr<float[]> acc_buf(new float[static_cast<size_t>(items * H * Dp)]);
+  std::unique_ptr<float[]> m_buf(new float[static_cast<size_t>(items * H)]);
+  std::unique_ptr<float[]> l_buf(new float[static_cast<size_t>(items * H)]);
   const int64_t row_bytes = KVH * D * k_pool.element_size();
+  const int64_t head_bytes = D * k_pool.element_size();
   const char* kb = static_cast<const char*>(k_pool.data_ptr());
   const char* vb = static_cast<const char*>(v_pool.data_ptr());
   const char* qb = static_cast<const char*>(q.data_ptr());
   const int64_t q_row = q.stride(0) * q.element_size();
+  const int nd = static_cast<int>((D + 15) / 16);
+  const __mmask16 last = chunk_mask(nd - 1, nd, static_cast<int>(D));
+  const int gmax = gs_max(nd);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (items > 1)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t b = it / (KVH * splits), kvh = (it / splits) % KVH, sp = it % splits;
+    const FlushDenormals ftz;
+    const int64_t b = it / splits, sp = it % splits;
     const int64_t len = len_p[b];
     const int64_t start = window > 0 ? std::max<int64_t>(0, len - window) : 0;
     const int64_t span = len - start;
     const int64_t p0 = start + span * sp / splits, p1 = start + span * (sp + 1) / splits;
-    alignas(64) float qf[kMaxG * kMaxD];
-    const int nd = static_cast<int>((D + 15) / 16);
-    for (int g = 0; g < G; ++g) {
-      const char* qp = qb + b * q_row + (kvh * G + g) * D * q.element_size();
+    float* acc = acc_buf.get() + it * H * Dp;
+    float* m = m_buf.get() + it * H;
+    float* l = l_buf.get() + it * H;
+    std::unique_ptr<float[]> qf(new float[static_cast<size_t>(H * Dp)]);
+    for (int64_t h = 0; h < H; ++h) {
+      const char* qp = qb + b * q_row + h * D * q.element_size();
       for (int c = 0; c < nd; ++c) {
         __m512 v = load16(qp + c * 16 * q.element_size(), q_bf16, chunk_mask(c, nd, static_cast<int>(D)));
-        _mm512_storeu_ps(qf + g * Dp + c * 16, _mm512_mul_ps(v, _mm512_set1_ps(static_cast<float>(scale))));
+        _mm512_storeu_ps(qf.get() + h * Dp + c * 16, _mm512_mul_ps(v, _mm512_set1_ps(static_cast<float>(scale))));
+      }
+      m[h] = -std::numeric_limits<float>::infinity();
+      l[h] = 0.f;
+    }
+    std::fill(acc, acc + H * Dp, 0.f);
+    const int32_t* slots = tab + row_p[b] * C;
+    for (int64_t j = p0; j < std::min(p1, p0 + kBlock); ++j) prefetch_row(kb + slots[j] * row_bytes, row_bytes);
+    const char* krows[kBlock];
+    const char* vrows[kBlock];
+    for (int64_t b0 = p0; b0 < p1; b0 += kBlock) {
+      const int n = static_cast<int>(std::min<int64_t>(kBlock, p1 - b0));
+      // This block's V rows and the next block's K rows arrive while the scores are computed.
+      for (int j = 0; j < n; ++j) prefetch_row(vb + slots[b0 + j] * row_bytes, row_bytes);
+      for (int64_t j = b0 + kBlock; j < std::min(p1, b0 + 2 * kBlock); ++j) {
+        prefetch_row(kb + slots[j] * row_bytes, row_bytes);
+      }
+      for (int64_t kvh = 0; kvh < KVH; ++kvh) {
+        for (int j = 0; j < n; ++j) {
+          krows[j] = kb + slots[b0 + j] * row_bytes + kvh * head_bytes;
+          vrows[j] = vb + slots[b0 + j] * row_bytes + kvh * head_bytes;
+        }
+        for (int g0 = 0; g0 < G;) {
+          const int gs = std::min(gmax, G - g0);
+          const int64_t h = kvh * G + g0;
+          kBlockFns[nd - 1][gs - 1](qf.get() + h * Dp, static_cast<int>(Dp), last, krows, vrows, n, kv_bf16,
+                                    acc + h * Dp, m + h, l + h);
+          g0 += gs;
+        }
       }
     }
-    attend_range(qf, G, static_cast<int>(D), static_cast<int>(Dp), tab + row_p[b] * C, p0, p1, kb, vb, row_bytes,
-                 kvh * D * k_pool.element_size(), kv_bf16, acc_buf.get() + it * G * Dp, parts[it]);
   }
-  // Merge the splits of each (request, KV head) and normalise.
-  const int64_t groups = B * KVH;
-#pragma omp parallel for schedule(static) num_threads(threads) if (groups > 8)
-  for (int64_t gi = 0; gi < groups; ++gi) {
-    const int64_t b = gi / KVH, kvh = gi % KVH;
-    for (int g = 0; g < G; ++g) {
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t sp = 0; sp < splits; ++sp) m = std::max(m, parts[gi * splits + sp].m[g]);
-      float l = 0.f;
-      std::vector<float> o(D, 0.f);
-      for (int64_t sp = 0; sp < splits; ++sp) {
-        const Partial& pt = parts[gi * splits + sp];
-        if (pt.l[g] == 0.f) continue;  // an empty split
-        const float w = std::exp(pt.m[g] - m);
-        l += pt.l[g] * w;
-        const float* a = acc_buf.get() + (gi * splits + sp) * G * Dp + g * Dp;
-        for (int d = 0; d < D; ++d) o[d] += a[d] * w;
-      }
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const int64_t h = kvh * G + g;
-      if (q_bf16) {
-        uint16_t* dst = static_cast<uint16_t*>(out.data_ptr()) + (b * H + h) * D;
-        for (int d = 0; d < D; ++d) dst[d] = float_to_bf16(o[d] * inv);
-      } else {
-        float* dst = out.data_ptr<float>() + (b * H + h) * D;
-        for (int d = 0; d < D; ++d) dst[d] = o[d] * inv;
-      }
+  // Merge the splits of each (request, head) and normalise.
+  const int64_t heads = B * H;
+#pragma omp parallel for schedule(static) num_threads(threads) if (heads > 64)
+  for (int64_t bh = 0; bh < heads; ++bh) {
+    const int64_t b = bh / H, h = bh % H;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t sp = 0; sp < splits; ++sp) mx = std::max(mx, m_buf[(b * splits + sp) * H + h]);
+    float l = 0.f;
+    alignas(64) float o[kMaxD] = {};
+    for (int64_t sp = 0; sp < splits; ++sp) {
+      const int64_t it = b * splits + sp;
+      const float li = l_buf[it * H + h];
+      if (li == 0.f) continue;  // an empty split
+      const float w = std::exp(m_buf[it * H + h] - mx);
+      l += li * w;
+      const float* a = acc_buf.get() + (it * H + h) * Dp;
+      for (int d = 0; d < D; ++d) o[d] += a[d] * w;
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    if (q_bf16) {
+      uint16_t* dst = static_cast<uint16_t*>(out.data_ptr()) + (b * H + h) * D;
+      for (int d = 0; d < D; ++d) dst[d] = float_to_bf16(o[d] * inv);
+    } else {
+      float* dst = out.data_ptr<float>() + (b * H + h) * D;
+      for (int d = 0; d < D; ++d) dst[d] = o[d] * inv;
     }
   }
   return out;

@@ -1,4 +1,4 @@
-// Python bindings of the CPU kernels (module `radixlm_cpu`, built by radixlm/kernels/build.py).
+// Python bindings of the CPU kernels (module `radixlm_cpu`, built by radixlm/kernels/cpu.py).
 #include <torch/extension.h>
 
 #include "vec.h"
@@ -18,6 +18,7 @@ std::vector<at::Tensor> add_rmsnorm(const at::Tensor& x, const c10::optional<at:
 void rope_(const at::Tensor& positions, at::Tensor& q, at::Tensor& k, const at::Tensor& cos,
            const at::Tensor& sin);
 at::Tensor silu_mul(const at::Tensor& gate_up);
+void bind_decoder(py::module_& m);
 }  // namespace radixlm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -35,4 +36,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rmsnorm", &radixlm::add_rmsnorm, "residual add + RMSNorm");
   m.def("rope_", &radixlm::rope_, "rotary embedding in place (rotate-half)");
   m.def("silu_mul", &radixlm::silu_mul, "silu(gate) * up");
+  radixlm::bind_decoder(m);
 }

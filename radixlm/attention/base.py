@@ -66,6 +66,11 @@ class AttentionBackend:
             return self.forward_extend(q, k, v, layer, fb)
         return self.forward_decode(q, layer, fb)
 
+    def paged_decode_metadata(self, fb: ForwardBatch) -> tuple | None:
+        """``(table, rows, lens)`` of a decode batch for kernels that read K/V from the pools by
+        slot (``radixlm_cpu.decode_attention``'s arguments), or None if this backend has none."""
+        return None
+
     def write_kv(self, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> None:
         """Store the new tokens' K/V in ``fb.out_cache_loc`` of layer ``layer.layer_id``."""
         fb.kv_pool.set_kv(layer.layer_id, fb.out_cache_loc, k, v)

@@ -46,6 +46,12 @@ class CpuNativeBackend(TorchNativeBackend):
         rows = torch.arange(fb.batch_size, dtype=torch.int64, device=table.device)
         fb.attn_metadata = _DecodeMeta(table, rows, fb.seq_lens)
 
+    def paged_decode_metadata(self, fb: ForwardBatch) -> tuple | None:
+        meta = fb.attn_metadata
+        if not isinstance(meta, _DecodeMeta):
+            return None
+        return meta.table, meta.rows, meta.lens
+
     def write_kv(self, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> None:
         pool = fb.kv_pool
         if k.dtype != pool.dtype:  # the kernel copies rows as they are

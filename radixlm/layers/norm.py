@@ -1,7 +1,7 @@
 """RMSNorm with the exact numerics of Hugging Face Llama (normalise in fp32, scale in input dtype).
 
-With ``kernels`` set (radixlm.layers.native), the residual add and the norm of a ``[T, hidden]``
-input run as one fused kernel that updates the residual in place; same numerics.
+With ``kernels`` set (radixlm.layers.native), the norm runs as the native ``add_rmsnorm`` kernel
+(with the residual add fused and the residual updated in place); same numerics.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class RMSNorm(nn.Module):
         self.kernels = None  # radixlm_cpu module, set by radixlm.layers.native
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None:  # e.g. Qwen3's per-head q/k norm on [T, heads, head_dim]
+            rows = x.reshape(-1, x.shape[-1])
+            return self.kernels.add_rmsnorm(rows, None, self.weight, self.eps)[0].view(x.shape)
         return rms_norm(x, self.weight, self.eps)
 
     def forward_with_residual(

@@ -110,8 +110,16 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = None
         else:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # The decode step as one native call (radixlm.layers.native.FusedDecoder), set with the
+        # native CPU kernels; used when the attention backend exposes pool-reading decode metadata.
+        self.fused_decoder = None
 
     def forward(self, fb: ForwardBatch, attn: AttentionBackend) -> torch.Tensor:
+        fused = self.fused_decoder
+        if fused is not None and not fb.mode.is_extend() and fused.applies(fb.kv_pool.dtype):
+            meta = attn.paged_decode_metadata(fb)
+            if meta is not None:
+                return fused(fb, *meta)
         x = self.model.embed_tokens(fb.input_ids)
         residual = None
         for layer in self.model.layers:

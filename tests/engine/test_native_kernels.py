@@ -13,6 +13,7 @@ import radixlm
 from radixlm.errors import ConfigError
 from radixlm.kernels import cpu
 from radixlm.kernels.reference import quantize_per_channel
+from radixlm.layers import native
 from radixlm.layers.linear import PackedLinear
 from tests.conftest import TINY_ARCHS, make_tiny_model
 
@@ -47,6 +48,32 @@ def test_native_fp32_greedy_equals_torch_path(arch, kernels, tiny_models, random
     assert [r["output_ids"] for r in native] == [r["output_ids"] for r in torch_path]
     drift = (_prompt_logprobs(native) - _prompt_logprobs(torch_path)).abs().max()
     assert drift < 1e-4
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize(
+    "options",
+    [{"dtype": "float32"}, {"dtype": "bfloat16"}, {"dtype": "bfloat16", "quantization": "w8a16"}],
+    ids=["fp32", "bf16", "w8a16"],
+)
+def test_fused_decode_step_equals_module_path(
+    arch, options, kernels, tiny_models, random_prompts, monkeypatch
+):
+    """The one-call decode step (csrc/cpu/decoder.cpp) runs the modules' kernels in the modules'
+    order: outputs and logprobs are bit-identical to the module path on the same kernels."""
+    calls = []
+    call = native.FusedDecoder.__call__
+    monkeypatch.setattr(
+        native.FusedDecoder, "__call__", lambda self, *a: (calls.append(1), call(self, *a))[1]
+    )
+    _, model, fused = _run(tiny_models[arch], random_prompts, **options)
+    assert model.fused_decoder is not None and len(calls) >= GREEDY["max_new_tokens"] - 1
+    monkeypatch.setattr(native, "FusedDecoder", lambda *a: None)
+    _, model, modules = _run(tiny_models[arch], random_prompts, **options)
+    assert model.fused_decoder is None
+    assert [r["output_ids"] for r in fused] == [r["output_ids"] for r in modules]
+    logprobs = [r["meta_info"]["output_token_logprobs"] for r in fused]
+    assert logprobs == [r["meta_info"]["output_token_logprobs"] for r in modules]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "mistral"])
