@@ -148,6 +148,109 @@ constexpr std::array<std::array<BlockFn, 4>, kMaxD / 16> kBlockFns = {
     row<1>(), row<2>(), row<3>(),  row<4>(),  row<5>(),  row<6>(),  row<7>(),  row<8>(),
     row<9>(), row<10>(), row<11>(), row<12>(), row<13>(), row<14>(), row<15>(), row<16>()};
 
+#if defined(__AVX512BF16__)
+constexpr bool kBf16Dot = true;
+alignas(64) constexpr uint16_t kZeroRow[kMaxD] = {};
+
+// attend_block for bf16 q and bf16 K/V with AVX512-BF16 dot products (no widening of K/V):
+// scores as pairwise bf16 products summed in fp32 (exact products) times `scale`; the softmax
+// weights are rounded to bf16 (their sum l is taken over the rounded weights, so the output is
+// their exact weighted mean) and o += p_j v_j + p_j+1 v_j+1 over key pairs, V rows interleaved
+// by 16-bit unpacks. qv: [GS][Dp] bf16 (raw q, zero past D; Dp = D rounded up to 32). The
+// accumulator of each 32-dim chunk is two vectors, [lo | hi], in unpack order: acc position
+// (c * 32 + p) holds dim c * 32 + bf16_acc_dim(p) (see the merge in decode_attention).
+template <int NC, int GS>
+void attend_block_bf16(const void* qv, int Dp, uint32_t last, const char* const* krows, const char* const* vrows,
+                       int n, float scale, float* acc, float* m, float* l) {
+  const uint16_t* qb = static_cast<const uint16_t*>(qv);
+  auto mask = [last](int c) { return static_cast<__mmask32>(c == NC - 1 ? last : 0xffffffffu); };
+  __m512 part[GS][kBlock];
+  for (int j = 0; j < kBlock; ++j) {
+    if (j >= n) {
+      for (int g = 0; g < GS; ++g) part[g][j] = _mm512_setzero_ps();
+      continue;
+    }
+    __m512bh kv[NC];
+    for (int c = 0; c < NC; ++c) kv[c] = (__m512bh)_mm512_maskz_loadu_epi16(mask(c), krows[j] + c * 64);
+    for (int g = 0; g < GS; ++g) {
+      __m512 a = _mm512_setzero_ps();
+      for (int c = 0; c < NC; ++c) {
+        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(qb + g * Dp + c * 32), kv[c]);
+      }
+      part[g][j] = a;
+    }
+  }
+  const __mmask16 valid = static_cast<__mmask16>(n == 16 ? 0xffff : (1u << n) - 1);
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 sc = _mm512_set1_ps(scale);
+  alignas(64) uint16_t pb[GS][kBlock];
+  __m512 o[GS][2 * NC];
+  for (int g = 0; g < GS; ++g) {
+    const __m512 sv = _mm512_mask_mov_ps(ninf, valid, _mm512_mul_ps(hsum16(part[g]), sc));
+    const float m_new = std::max(m[g], _mm512_reduce_max_ps(sv));
+    const float alpha = std::exp(m[g] - m_new);  // 0 on the first block (m = -inf, acc = 0)
+    const __m512 pv = round_bf16_vec(_mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(sv, _mm512_set1_ps(m_new)))));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(pb[g]), cvt_fp32_bf16(pv));
+    l[g] = l[g] * alpha + _mm512_reduce_add_ps(pv);
+    m[g] = m_new;
+    const __m512 av = _mm512_set1_ps(alpha);
+    for (int c = 0; c < 2 * NC; ++c) o[g][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + g * Dp + c * 16), av);
+  }
+  const char* zero = reinterpret_cast<const char*>(kZeroRow);
+  for (int j = 0; j < n; j += 2) {
+    const char* v0 = vrows[j];
+    const char* v1 = j + 1 < n ? vrows[j + 1] : zero;  // p[j + 1] is 0; the row must be finite
+    __m512bh lo[NC], hi[NC];
+    for (int c = 0; c < NC; ++c) {
+      const __m512i a = _mm512_maskz_loadu_epi16(mask(c), v0 + c * 64);
+      const __m512i b = _mm512_maskz_loadu_epi16(mask(c), v1 + c * 64);
+      lo[c] = (__m512bh)_mm512_unpacklo_epi16(a, b);
+      hi[c] = (__m512bh)_mm512_unpackhi_epi16(a, b);
+    }
+    for (int g = 0; g < GS; ++g) {
+      int32_t pair;
+      std::memcpy(&pair, pb[g] + j, 4);
+      const __m512bh pp = (__m512bh)_mm512_set1_epi32(pair);
+      for (int c = 0; c < NC; ++c) {
+        o[g][2 * c] = _mm512_dpbf16_ps(o[g][2 * c], pp, lo[c]);
+        o[g][2 * c + 1] = _mm512_dpbf16_ps(o[g][2 * c + 1], pp, hi[c]);
+      }
+    }
+  }
+  for (int g = 0; g < GS; ++g) {
+    for (int c = 0; c < 2 * NC; ++c) _mm512_storeu_ps(acc + g * Dp + c * 16, o[g][c]);
+  }
+}
+
+using Bf16BlockFn = void (*)(const void*, int, uint32_t, const char* const*, const char* const*, int, float,
+                             float*, float*, float*);
+
+template <int NC, int GS>
+constexpr Bf16BlockFn pick_bf16() {
+  if constexpr (GS <= gs_max(2 * NC)) {
+    return &attend_block_bf16<NC, GS>;
+  } else {
+    return nullptr;
+  }
+}
+
+template <int NC>
+constexpr std::array<Bf16BlockFn, 4> row_bf16() {
+  return {pick_bf16<NC, 1>(), pick_bf16<NC, 2>(), pick_bf16<NC, 3>(), pick_bf16<NC, 4>()};
+}
+
+// [nc - 1][gs - 1]: heads of nc 32-dim chunks, gs heads at once.
+constexpr std::array<std::array<Bf16BlockFn, 4>, kMaxD / 32> kBf16BlockFns = {
+    row_bf16<1>(), row_bf16<2>(), row_bf16<3>(), row_bf16<4>(),
+    row_bf16<5>(), row_bf16<6>(), row_bf16<7>(), row_bf16<8>()};
+#else
+constexpr bool kBf16Dot = false;
+#endif
+
+// Position p (0..31) of a 32-dim chunk of the bf16-dot accumulator -> the dim it holds: lo
+// vector lane 4L + i holds dim 8L + i, hi vector lane 4L + i holds dim 8L + 4 + i.
+inline int bf16_acc_dim(int p) { return p < 16 ? (p / 4) * 8 + p % 4 : ((p - 16) / 4) * 8 + 4 + p % 4; }
+
 }  // namespace
 #endif
 
@@ -185,8 +288,10 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
     splits = std::min<int64_t>((4 * threads + B - 1) / B, std::max<int64_t>(1, max_len / 128));
   }
   const int64_t items = B * splits;
+  // bf16 q and K/V take the AVX512-BF16 dot-product blocks (attend_block_bf16).
+  const bool dot = kBf16Dot && q_bf16 && kv_bf16;
   // Partial results of every split: acc [items][H][Dp], m and l [items][H].
-  const int64_t Dp = (D + 15) / 16 * 16;  // accumulator rows padded to whole vectors
+  const int64_t Dp = dot ? (D + 31) / 32 * 32 : (D + 15) / 16 * 16;  // whole vectors / chunks
   std::unique_ptr<float[]> acc_buf(new float[static_cast<size_t>(items * H * Dp)]);
   std::unique_ptr<float[]> m_buf(new float[static_cast<size_t>(items * H)]);
   std::unique_ptr<float[]> l_buf(new float[static_cast<size_t>(items * H)]);
@@ -198,7 +303,11 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
   const int64_t q_row = q.stride(0) * q.element_size();
   const int nd = static_cast<int>((D + 15) / 16);
   const __mmask16 last = chunk_mask(nd - 1, nd, static_cast<int>(D));
-  const int gmax = gs_max(nd);
+  const int nc = static_cast<int>((D + 31) / 32);
+  const int rem32 = static_cast<int>(D - 32 * (nc - 1));
+  const uint32_t last32 = rem32 == 32 ? 0xffffffffu : (1u << rem32) - 1;
+  const int gmax = gs_max(dot ? 2 * nc : nd);
+  const int64_t qf_bytes = H * Dp * (dot ? 2 : 4);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (items > 1)
   for (int64_t it = 0; it < items; ++it) {
@@ -211,12 +320,20 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
     float* acc = acc_buf.get() + it * H * Dp;
     float* m = m_buf.get() + it * H;
     float* l = l_buf.get() + it * H;
-    std::unique_ptr<float[]> qf(new float[static_cast<size_t>(H * Dp)]);
+    std::unique_ptr<char[]> qf_buf(new char[static_cast<size_t>(qf_bytes)]);
+    char* qf = qf_buf.get();
     for (int64_t h = 0; h < H; ++h) {
       const char* qp = qb + b * q_row + h * D * q.element_size();
-      for (int c = 0; c < nd; ++c) {
-        __m512 v = load16(qp + c * 16 * q.element_size(), q_bf16, chunk_mask(c, nd, static_cast<int>(D)));
-        _mm512_storeu_ps(qf.get() + h * Dp + c * 16, _mm512_mul_ps(v, _mm512_set1_ps(static_cast<float>(scale))));
+      if (dot) {  // raw bf16, zero past D
+        uint16_t* dst = reinterpret_cast<uint16_t*>(qf) + h * Dp;
+        std::memcpy(dst, qp, D * 2);
+        std::fill(dst + D, dst + Dp, uint16_t{0});
+      } else {  // fp32, pre-scaled, zero past D
+        for (int c = 0; c < nd; ++c) {
+          __m512 v = load16(qp + c * 16 * q.element_size(), q_bf16, chunk_mask(c, nd, static_cast<int>(D)));
+          _mm512_storeu_ps(reinterpret_cast<float*>(qf) + h * Dp + c * 16,
+                           _mm512_mul_ps(v, _mm512_set1_ps(static_cast<float>(scale))));
+        }
       }
       m[h] = -std::numeric_limits<float>::infinity();
       l[h] = 0.f;
@@ -241,8 +358,16 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
         for (int g0 = 0; g0 < G;) {
           const int gs = std::min(gmax, G - g0);
           const int64_t h = kvh * G + g0;
-          kBlockFns[nd - 1][gs - 1](qf.get() + h * Dp, static_cast<int>(Dp), last, krows, vrows, n, kv_bf16,
-                                    acc + h * Dp, m + h, l + h);
+#if defined(__AVX512BF16__)
+          if (dot) {
+            kBf16BlockFns[nc - 1][gs - 1](qf + h * Dp * 2, static_cast<int>(Dp), last32, krows, vrows, n,
+                                          static_cast<float>(scale), acc + h * Dp, m + h, l + h);
+          } else
+#endif
+          {
+            kBlockFns[nd - 1][gs - 1](reinterpret_cast<const float*>(qf) + h * Dp, static_cast<int>(Dp), last,
+                                      krows, vrows, n, kv_bf16, acc + h * Dp, m + h, l + h);
+          }
           g0 += gs;
         }
       }
@@ -264,7 +389,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
       const float w = std::exp(m_buf[it * H + h] - mx);
       l += li * w;
       const float* a = acc_buf.get() + (it * H + h) * Dp;
-      for (int d = 0; d < D; ++d) o[d] += a[d] * w;
+      if (dot) {  // un-permute the unpack order (bf16_acc_dim)
+        for (int d = 0; d < Dp; ++d) {
+          const int dim = (d / 32) * 32 + bf16_acc_dim(d % 32);
+          if (dim < D) o[dim] += a[d] * w;
+        }
+      } else {
+        for (int d = 0; d < D; ++d) o[d] += a[d] * w;
+      }
     }
     const float inv = l > 0.f ? 1.f / l : 0.f;
     if (q_bf16) {

@@ -54,7 +54,9 @@ def decode_attention(
     window: int,  # <= 0: none
 ) -> torch.Tensor:  # [B, H, D] in q's dtype
     """Softmax attention of each request's query over its first ``lens[b]`` pool slots (the last
-    ``window`` of them with a sliding window), computed in fp32."""
+    ``window`` of them with a sliding window), computed in fp32. (With bf16 q and K/V the kernel
+    rounds the softmax weights to bf16 before the product with V, as a bf16 attention GEMM
+    does: within one bf16 rounding of this.)"""
     out = torch.empty_like(q)
     kvh = k_pool.shape[1]
     for b in range(q.shape[0]):
