@@ -479,6 +479,9 @@ def parse_args() -> argparse.Namespace:
         out = Path(args.output_file)
         args.report_file = args.report_file or str(out.with_suffix(".txt"))
         args.plot_file = args.plot_file or str(out.with_suffix(".png"))
+    for path in (args.output_file, args.report_file, args.plot_file):
+        if path:  # fail now, not after the run
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     return args
 
 
