@@ -346,6 +346,11 @@ class ServerConfig:
         "chat template for /v1/chat/completions: a name (chatml, llama-2-chat, "
         "llama-3-instruct, mistral, qwen, plain) or a Jinja file; default: the tokenizer's",
     )
+    tool_call_parser: str | None = _opt(
+        None,
+        "how the model writes tool calls: hermes (Hermes/Qwen2.5/Qwen3), llama3_json, mistral; "
+        "default: the one the chat template implies (requests with tools get a 400 if none)",
+    )
     enable_metrics: bool = _opt(False, "serve Prometheus metrics at /metrics")
     decode_log_interval: int = _opt(40, "log one batch-statistics line every N scheduler steps")
     watchdog_timeout: float = _opt(
@@ -368,4 +373,11 @@ class ServerConfig:
             raise ConfigError("watchdog_timeout and health_check_timeout must be > 0")
         if self.api_key == "":
             raise ConfigError("api_key must not be empty (omit it to disable authentication)")
+        if self.tool_call_parser is not None:
+            from radixlm.function_call.formats import get_format
+
+            try:
+                get_format(self.tool_call_parser)
+            except KeyError as e:
+                raise ConfigError(str(e.args[0])) from e
         return self

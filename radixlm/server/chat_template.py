@@ -17,8 +17,13 @@ sandbox with the globals Hugging Face templates expect (``raise_exception``, ``s
 ``tojson``, the tokenizer's special tokens, ``{% generation %}`` blocks).
 
 Invariants: messages are validated before rendering (roles ``system``/``developer`` (= system),
-``user``, ``assistant``; content a string or a list of ``{"type": "text"}`` parts, joined with
-``"\\n"``), and every problem raises :class:`RequestError` saying what to fix. The BOS token is
+``user``, ``assistant``, ``tool`` (legacy ``function`` = tool); content a string or a list of
+``{"type": "text"}`` parts, joined with ``"\\n"``; an assistant message may carry
+``tool_calls`` (content then may be null), a tool message its ``tool_call_id`` and ``name``),
+and every problem raises :class:`RequestError` saying what to fix. Tools and tool messages reach
+Jinja templates as Hugging Face's ``apply_chat_template`` passes them (``tools=`` the
+``{"type": "function", "function": ...}`` list; call ``arguments`` as mappings), so a template
+renders here what it renders in transformers. The BOS token is
 never doubled: when the template emits it (or the text starts with it) the text is tokenized with
 ``add_special_tokens=False``. This module imports nothing from the server, so the frontend DSL
 can reuse the registry client-side.
@@ -38,8 +43,9 @@ from radixlm.errors import ConfigError, RequestError
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
-_ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
+ROLES = ("system", "user", "assistant", "tool")
+# OpenAI's newer name for the system role; the legacy function-result role
+_ROLE_ALIASES = {"developer": "system", "function": "tool"}
 # Marks the end of the final message when continuing it (cut away after rendering).
 _CONTINUE_MARK = "\x00radixlm-continue\x00"
 # End-of-turn markers whose presence in a template source makes them stop strings.
@@ -149,8 +155,11 @@ def _from_source(name: str, source: str) -> ChatTemplate:
 
 
 # ---- messages ----------------------------------------------------------------------------
-def normalize_messages(messages: Any) -> list[dict[str, str]]:
-    """Validate OpenAI-style messages; return ``[{"role", "content"}]`` with string content."""
+def normalize_messages(messages: Any) -> list[dict[str, Any]]:
+    """Validate OpenAI-style messages; return ``[{"role", "content", ...}]`` with string content
+    (assistant ``tool_calls`` and tool ``tool_call_id`` / ``name`` kept, validated)."""
+    from radixlm.function_call.tools import history_tool_calls
+
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list of {role, content} objects")
     out = []
@@ -161,19 +170,37 @@ def normalize_messages(messages: Any) -> list[dict[str, str]]:
         role = m.get("role")
         if not isinstance(role, str):
             raise RequestError(f"{where}.role must be a string such as 'user', got {role!r}")
-        if role in ("tool", "function"):
-            raise RequestError(f"{where}: role {role!r} (tool calling) is not supported yet")
+        legacy_function = role == "function"
         role = _ROLE_ALIASES.get(role, role)
         if role not in ROLES:
             raise RequestError(
-                f"{where}.role must be one of system, developer, user, assistant; got {role!r}"
+                f"{where}.role must be one of system, developer, user, assistant, tool; "
+                f"got {role!r}"
             )
-        if m.get("tool_calls") or m.get("function_call"):
-            raise RequestError(f"{where}: tool calls are not supported yet")
+        calls = m.get("tool_calls")
+        if m.get("function_call") is not None:  # legacy: one call, no id
+            if calls is not None:
+                raise RequestError(f"{where}: send tool_calls or function_call, not both")
+            calls = [{"type": "function", "function": m["function_call"]}]
         content = m.get("content")
         if content is None and role == "assistant":
             content = ""
-        out.append({"role": role, "content": _content_text(content, where)})
+        msg: dict[str, Any] = {"role": role, "content": _content_text(content, where)}
+        if calls is not None:
+            if role != "assistant":
+                raise RequestError(f"{where}: only assistant messages carry tool_calls")
+            msg["tool_calls"] = history_tool_calls(calls, where)
+        if role == "tool":
+            call_id, name = m.get("tool_call_id"), m.get("name")
+            if not legacy_function and not isinstance(call_id, str):
+                raise RequestError(f"{where}.tool_call_id must be the id of the call it answers")
+            if call_id is not None:
+                msg["tool_call_id"] = call_id
+            if name is not None:
+                if not isinstance(name, str):
+                    raise RequestError(f"{where}.name must be a string")
+                msg["name"] = name
+        out.append(msg)
     return out
 
 
@@ -212,9 +239,11 @@ def render_text(
     continue_final_message: bool = False,
     chat_template_kwargs: dict[str, Any] | None = None,
     special_tokens: dict[str, str] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """Render ``messages`` to prompt text (no tokenizer needed; ``special_tokens`` fills
-    ``bos_token``/``eos_token``/... in Jinja templates)."""
+    ``bos_token``/``eos_token``/... in Jinja templates; ``tools``, the OpenAI tool objects, are
+    passed to the template as ``tools``, as transformers does)."""
     msgs = normalize_messages(messages)
     if continue_final_message:
         if add_generation_prompt:
@@ -227,13 +256,15 @@ def render_text(
     kwargs = dict(chat_template_kwargs or {})
     if not all(isinstance(k, str) for k in kwargs):
         raise RequestError("chat_template_kwargs keys must be strings")
-    for reserved in ("messages", "add_generation_prompt"):
+    for reserved in ("messages", "add_generation_prompt", "tools"):
         if reserved in kwargs:
             raise RequestError(f"chat_template_kwargs must not set {reserved!r}")
     if template.source is None:
-        text = _render_plain(msgs, add_generation_prompt)
+        text = _render_plain(msgs, add_generation_prompt, tools)
     else:
         context = {**(special_tokens or {}), **kwargs}
+        if tools:
+            context["tools"] = tools
         try:
             text = _compile(template.source).render(
                 messages=msgs, add_generation_prompt=add_generation_prompt, **context
@@ -251,8 +282,19 @@ def render_text(
     return text
 
 
-def _render_plain(msgs: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in msgs)
+def _render_plain(
+    msgs: list[dict[str, Any]], add_generation_prompt: bool, tools: list[dict] | None = None
+) -> str:
+    lines = []
+    if tools:
+        lines.append(f"Tools: {json.dumps(tools, ensure_ascii=False)}\n")
+    for m in msgs:
+        content = m["content"]
+        if m.get("tool_calls"):
+            calls = [c["function"] for c in m["tool_calls"]]
+            content = (content + "\n" if content else "") + json.dumps(calls, ensure_ascii=False)
+        lines.append(f"{m['role'].capitalize()}: {content}\n")
+    text = "".join(lines)
     if _CONTINUE_MARK in text:
         return text  # continue_final_message: the caller cuts at the mark
     return text + ("Assistant:" if add_generation_prompt else "")
@@ -265,6 +307,7 @@ def render_chat(
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     chat_template_kwargs: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
     """Render and tokenize ``messages``; returns prompt token ids ready for generation."""
     if tokenizer is None:
@@ -279,6 +322,7 @@ def render_chat(
         continue_final_message=continue_final_message,
         chat_template_kwargs=chat_template_kwargs,
         special_tokens=special_tokens_of(tokenizer),
+        tools=tools,
     )
     bos = getattr(tokenizer, "bos_token", None)
     has_bos = template.includes_bos or bool(bos and text.startswith(bos))

@@ -87,6 +87,7 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
 
     from radixlm.server.chat_template import resolve_chat_template
     from radixlm.server.http_server import create_app
+    from radixlm.server.tool_setup import tool_format_for
     from radixlm.tokenizer import load_tokenizer
 
     ipc = IpcNames.create()
@@ -126,6 +127,7 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
         except (StartupError, ModelLoadError) as e:
             logger.error("%s", e)
             return 1
+        template = resolve_chat_template(tokenizer, server_config.chat_template)
         tm = TokenizerManager(
             engine_config,
             server_config,
@@ -133,7 +135,8 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
             ready,
             ipc,
             children,
-            chat_template=resolve_chat_template(tokenizer, server_config.chat_template),
+            chat_template=template,
+            tool_format=tool_format_for(server_config.tool_call_parser, template),
         )
         if server_config.enable_metrics:
             from radixlm.server.metrics import ServerMetrics

@@ -50,6 +50,7 @@ class GenerateBackend(Protocol):
     tokenizer: Any | None
     context_length: int
     chat_template: ChatTemplate
+    tool_format: Any  # the server's ToolCallFormat, or None (requests with tools are refused)
 
     def check_strict_schema(self, schema: str) -> None:
         """Raise a RequestError naming what the grammar backend cannot enforce exactly."""

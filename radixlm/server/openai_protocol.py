@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radixlm.errors import RadixLMError, RequestError
+from radixlm.function_call.formats import ToolCallFormat, trigger_is_special
+from radixlm.function_call.tools import ToolRequest, ToolSpecError, parse_tool_request
 from radixlm.server.chat_template import render_chat, split_stops
 
 MAX_TOP_LOGPROBS = 20
@@ -58,6 +60,10 @@ class OpenAICall:
     id: str
     echo_texts: list[str] | None = None  # completions with echo: each prompt's text
     created: int = field(default_factory=lambda: int(time.time()))
+    # chat with tools the model may call: the validated tools and the format its output is
+    # parsed with (openai_results turns calls into ``tool_calls``)
+    tools: ToolRequest | None = None
+    tool_format: ToolCallFormat | None = None
 
     @property
     def object_name(self) -> str:
@@ -219,10 +225,10 @@ def _echo_texts(key: str, prompt: Any, tokenizer: Any | None) -> list[str]:
 # ---- /v1/chat/completions ----------------------------------------------------------------
 def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     """Validate a ``/v1/chat/completions`` body, render its messages and build the call."""
-    tool_choice = body.get("tool_choice")
-    for name in ("tools", "functions"):
-        if body.get(name) and tool_choice != "none":
-            raise OpenAIRequestError("tool calling is not supported yet", name)
+    try:
+        tools = parse_tool_request(body)
+    except ToolSpecError as e:
+        raise OpenAIRequestError(str(e), e.param) from e
     continue_final = _bool(body, "continue_final_message")
     kwargs = body.get("chat_template_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
@@ -236,6 +242,7 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
             add_generation_prompt=not continue_final,
             continue_final_message=continue_final,
             chat_template_kwargs=kwargs,
+            tools=[t.as_openai() for t in tools.tools] if tools else None,
         )
     except OpenAIRequestError:
         raise
@@ -253,13 +260,42 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
         user_ids = sp.get("stop_token_ids") or []
         sp["stop_token_ids"] = (user_ids if isinstance(user_ids, list) else [user_ids]) + extra_ids
     _response_format(body.get("response_format"), sp, backend)
+    fmt = _tool_constraints(tools, sp, backend) if tools is not None and tools.active else None
     top = _int(body, "top_logprobs", lo=0, hi=MAX_TOP_LOGPROBS)
     want_logprobs = _bool(body, "logprobs")
     if top and not want_logprobs:
         raise OpenAIRequestError("top_logprobs needs logprobs: true", "top_logprobs")
     call = _common(body, backend, "chat", sp, (top or 0) if want_logprobs else None, 1)
     call.native["input_ids"] = ids
+    if fmt is not None:
+        call.tools, call.tool_format = tools, fmt
     return call
+
+
+def _tool_constraints(tools: ToolRequest, sp: dict[str, Any], backend: Any) -> ToolCallFormat:
+    """The server's tool-call format for a request whose model may call tools; for ``required``
+    and a named ``tool_choice`` also the grammar that makes every output well-formed calls in
+    that format, arguments valid for the tool's schema (sampling parameter ``ebnf``)."""
+    fmt = getattr(backend, "tool_format", None)
+    param = "functions" if tools.legacy else "tools"
+    if fmt is None:
+        raise OpenAIRequestError(
+            "this server has no tool-call parser for its chat template; start it with "
+            "--tool-call-parser hermes | llama3_json | mistral (the format the model writes "
+            "calls in)",
+            param,
+        )
+    if trigger_is_special(fmt, backend.tokenizer):
+        sp["skip_special_tokens"] = False  # the parser must see the trigger token
+    if tools.mode in ("required", "named"):
+        if any(sp.get(k) for k in ("regex", "json_schema", "ebnf")):
+            raise OpenAIRequestError(
+                f"tool_choice {tools.mode!r} constrains the output to tool calls; it cannot be "
+                "combined with response_format, regex, json_schema or ebnf",
+                "function_call" if tools.legacy else "tool_choice",
+            )
+        sp["ebnf"] = fmt.grammar(tools)
+    return fmt
 
 
 def _response_format(fmt: Any, sp: dict[str, Any], backend: Any) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from radixlm.errors import RadixLMError
+from radixlm.function_call.formats import ToolCall
+from radixlm.function_call.streaming import ToolStream
 from radixlm.server.openai_protocol import OpenAICall
 
 
@@ -141,6 +143,12 @@ def build_response(call: OpenAICall, item: dict | list[dict]) -> dict[str, Any]:
                 lp = completion_logprobs(*_entries(meta, echo), 0)[0]
         else:
             choice["message"] = {"role": "assistant", "content": r["text"]}
+            if call.tool_format is not None:
+                parsed = call.tool_format.parse(r["text"])
+                calls = list(parsed.calls)[: None if call.tools.parallel else 1]
+                if calls:
+                    choice["message"] = _tool_message(call, parsed.content, calls)
+                    reason = _tool_finish(call, reason)
             if call.logprobs is not None:
                 lp = chat_logprobs(*_entries(meta, False))
         choice.update(logprobs=lp, finish_reason=reason, matched_stop=matched)
@@ -151,6 +159,23 @@ def build_response(call: OpenAICall, item: dict | list[dict]) -> dict[str, Any]:
     return _envelope(call, call.object_name, choices, usage=usage(call, metas))
 
 
+def _tool_message(call: OpenAICall, content: str | None, calls: list[ToolCall]) -> dict[str, Any]:
+    """The assistant message of an output that holds calls (legacy requests: ``function_call``,
+    the first call)."""
+    if call.tools.legacy:
+        fn = calls[0].as_openai()["function"]
+        return {"role": "assistant", "content": content, "function_call": fn}
+    return {"role": "assistant", "content": content, "tool_calls": [c.as_openai() for c in calls]}
+
+
+def _tool_finish(call: OpenAICall, reason: str | None) -> str | None:
+    """``finish_reason`` of a choice that made calls: the model stopped to call (``length`` is
+    kept: a call cut short is still reported as cut)."""
+    if reason != "stop":
+        return reason
+    return "function_call" if call.tools.legacy else "tool_calls"
+
+
 @dataclass
 class _ChoiceState:
     sent: int = 0  # characters of the cumulative text already sent
@@ -159,6 +184,8 @@ class _ChoiceState:
     started: bool = False
     done: bool = False
     meta: dict[str, Any] | None = None
+    tools: ToolStream | None = None  # chat with tools: splits the text into content and calls
+    calls_out: int = 0  # tool calls sent (their stream indices are 0..calls_out-1)
 
 
 class StreamState:
@@ -172,6 +199,9 @@ class StreamState:
     def __init__(self, call: OpenAICall) -> None:
         self.call = call
         self.choices = [_ChoiceState() for _ in range(call.n * call.num_prompts)]
+        if call.tool_format is not None:
+            for c in self.choices:
+                c.tools = ToolStream(call.tool_format)
         self.obj = "text_completion" if call.kind == "completion" else "chat.completion.chunk"
 
     @property
@@ -218,7 +248,13 @@ class StreamState:
         st.started = True
         st.done = reason is not None
         prefix = self.call.echo_texts[i // self.call.n] if first_echo else ""
-        if not (delta or prefix or lp or st.done):
+        calls: list[ToolCall] = []
+        if st.tools is not None:  # content until a call starts; calls when they close
+            ev = st.tools.feed(text, final=st.done)
+            delta, calls = ev.content, self._allowed_calls(st, ev.calls)
+            if st.calls_out + len(calls) and st.done:
+                reason = _tool_finish(self.call, reason)
+        if not (delta or prefix or lp or st.done or calls):
             return []
         if completion:
             choice: dict[str, Any] = {"index": i, "text": prefix + delta}
@@ -227,7 +263,42 @@ class StreamState:
         choice.update(logprobs=lp, finish_reason=reason, matched_stop=matched)
         if st.done and "constraint" in meta:
             choice["constraint"] = meta["constraint"]
-        return [self._chunk([choice])]
+        if not calls:
+            return [self._chunk([choice])]
+        # content first, then the calls, then the finish
+        out = []
+        if delta or lp:
+            out.append(self._chunk([{**choice, "finish_reason": None, "matched_stop": None}]))
+        out += [self._chunk([c]) for c in self._call_deltas(i, st, calls)]
+        if st.done:
+            out.append(self._chunk([{**choice, "delta": {}, "logprobs": None}]))
+        return out
+
+    def _allowed_calls(self, st: _ChoiceState, calls: list[ToolCall]) -> list[ToolCall]:
+        """With ``parallel_tool_calls: false`` only the first call of a choice is sent."""
+        if self.call.tools.parallel:
+            return calls
+        return calls[: max(0, 1 - st.calls_out)]
+
+    def _call_deltas(self, i: int, st: _ChoiceState, calls: list[ToolCall]) -> list[dict]:
+        """Per call two choices: id, type and name (arguments empty), then the arguments."""
+        out = []
+        first = st.calls_out
+        st.calls_out += len(calls)
+        for k, c in enumerate(calls):
+            if self.call.tools.legacy:
+                head = {"function_call": {"name": c.name, "arguments": ""}}
+                body = {"function_call": {"arguments": c.arguments}}
+            else:
+                fn_head = {"name": c.name, "arguments": ""}
+                head = {"tool_calls": [{"index": first + k, "id": c.id, "type": "function",
+                                        "function": fn_head}]}  # fmt: skip
+                body = {
+                    "tool_calls": [{"index": first + k, "function": {"arguments": c.arguments}}]
+                }
+            for delta in (head, body):
+                out.append({"index": i, "delta": delta, "logprobs": None, "finish_reason": None})
+        return out
 
     def usage_chunk(self) -> dict[str, Any]:
         """The final ``stream_options.include_usage`` chunk (no choices)."""

@@ -91,6 +91,7 @@ class TokenizerManager:
         children: list[ChildProcess],
         metrics: Any | None = None,
         chat_template: Any = None,
+        tool_format: Any = None,
     ) -> None:
         self.engine_config = engine_config
         self.server_config = server_config
@@ -100,6 +101,7 @@ class TokenizerManager:
         self.children = children
         self.metrics = metrics
         self.chat_template = chat_template
+        self.tool_format = tool_format  # radixlm.function_call.formats.ToolCallFormat | None
         self.context_length = ready.context_length
         self.vocab_size = ready.vocab_size
         self.served_model_name = server_config.served_model_name or os.path.basename(

@@ -177,7 +177,7 @@ def test_split_stops(tok):
         ([{"role": "bot", "content": "x"}], "messages[0].role must be one of"),
         ([{"content": "x"}], "messages[0].role must be a string"),
         ([{"role": ["user"], "content": "x"}], "messages[0].role must be a string"),
-        ([{"role": "tool", "content": "x"}], "tool calling) is not supported yet"),
+        ([{"role": "tool", "content": "x"}], "messages[0].tool_call_id must be the id"),
         ([{"role": "user", "content": 5}], "messages[0].content must be a string or a list"),
         ([{"role": "user", "content": None}], "messages[0].content must be"),
         (
@@ -188,7 +188,7 @@ def test_split_stops(tok):
         ([{"role": "user", "content": ["x"]}], "messages[0].content[0] must be an object"),
         (
             [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}],
-            "tool calls are not supported yet",
+            "messages[0].tool_calls[0].function must be an object with a string name",
         ),
     ],
 )

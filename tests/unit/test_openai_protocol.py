@@ -162,6 +162,9 @@ def test_echo_of_token_ids_needs_a_tokenizer(backend):
         parse_completion_request({"prompt": [1, 403], "echo": True}, no_tok)
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
 def test_chat_request_mapping(backend):
     body = {
         "messages": HI,
@@ -172,15 +175,21 @@ def test_chat_request_mapping(backend):
         "top_logprobs": 3,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "tools": [{"type": "function"}],
-        "tool_choice": "none",
+        "tools": [TOOL],
+        "tool_choice": "none",  # the template sees the tools; the model is not offered a call
     }
     call = parse_chat_request(body, backend)
     assert call.id.startswith("chatcmpl-") and call.include_usage and call.logprobs == 3
     sp = call.native["sampling_params"]
     assert sp == {"max_new_tokens": 7, "n": 1, "stop": ["x", "\nUser:", "\nSystem:"]}
-    assert call.native["input_ids"] == render_chat(TEMPLATES["plain"], backend.tokenizer, HI)
-    assert call.native["top_logprobs_num"] == 3 and call.native["return_logprob"] is True
+    assert call.native["input_ids"] == render_chat(
+        TEMPLATES["plain"], backend.tokenizer, HI, tools=[TOOL]
+    )
+    assert (
+        call.tools is None
+        and call.native["top_logprobs_num"] == 3
+        and call.native["return_logprob"] is True
+    )
     # chat without max tokens runs to the end of the context
     plain = parse_chat_request({"messages": HI}, backend).native["sampling_params"]
     assert plain["max_new_tokens"] == 512 and "return_logprob" not in plain
@@ -218,9 +227,14 @@ def test_response_format(backend, fmt, schema):
     "extra, param, needle",
     [
         ({"messages": None}, "messages", "messages must be a non-empty list"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages", "not supported yet"),
-        ({"tools": [{"type": "function"}]}, "tools", "tool calling is not supported yet"),
-        ({"functions": [{"name": "f"}], "tool_choice": "auto"}, "functions", "tool calling"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages", "tool_call_id"),
+        ({"tools": [{"type": "function"}]}, "tools", "function must be an object with a name"),
+        ({"functions": [{"name": "f"}], "tool_choice": "auto"}, "functions", "either tools"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+            "no tool-call parser for its chat template",
+        ),
         ({"top_logprobs": 2}, "top_logprobs", "top_logprobs needs logprobs: true"),
         ({"logprobs": True, "top_logprobs": 30}, "top_logprobs", "[0, 20]"),
         ({"max_completion_tokens": -2}, "max_completion_tokens", ">= 0"),

@@ -1,0 +1,175 @@
+"""Tool calling through the OpenAI SDK on tiny random models, one server per call format.
+
+``required`` and a named ``tool_choice`` are constrained by the format's grammar: at
+temperature 1 every sampled output is well-formed calls whose arguments validate against the
+tool's schema (checked with jsonschema), streamed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jsonschema
+import pytest
+
+openai = pytest.importorskip("openai")
+
+TEMPLATES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "chat_templates")
+FAMILIES = ("hermes", "llama3_json", "mistral")
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "maxLength": 12},
+                    "unit": {"$ref": "#/$defs/Unit"},
+                },
+                "required": ["city", "unit"],
+                "additionalProperties": False,
+                "$defs": {"Unit": {"enum": ["c", "f"]}},
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "a": {"type": "integer", "minimum": 0, "maximum": 99},
+                    "b": {"type": "integer", "minimum": 0, "maximum": 99},
+                },
+                "required": ["a", "b"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+PROMPTS = ["Weather in Paris?", "Add 2 and 3.", "Hello", "What now?", "Tell me a story."]
+
+
+@pytest.fixture(scope="module")
+def servers(start_server, tiny_models):
+    return {
+        name: start_server(
+            "--model-path",
+            tiny_models["qwen2"],
+            "--served-model-name",
+            "tiny",
+            "--chat-template",
+            os.path.join(TEMPLATES, f"{name}.jinja"),
+            "--context-length",
+            "4096",
+        )  # fmt: skip
+        for name in FAMILIES
+    }
+
+
+def _client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def _check_calls(calls, allowed=None):
+    assert calls, "no tool call"
+    for c in calls:
+        assert c.type == "function" and c.id.startswith("call_")
+        assert allowed is None or c.function.name in allowed
+        jsonschema.validate(json.loads(c.function.arguments), SCHEMAS[c.function.name])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_required_calls_always_parse_and_validate(servers, family):
+    """50 samples at temperature 1 (5 prompts x n=10), one call each; then 10 with parallel
+    calls allowed (as many as the model writes before it stops)."""
+    c = _client(servers[family])
+    samples = 0
+    for prompt in PROMPTS:
+        r = c.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": prompt}], tools=TOOLS,
+            tool_choice="required", parallel_tool_calls=False, temperature=1.0, n=10,
+            max_tokens=300, seed=len(prompt),
+        )  # fmt: skip
+        for ch in r.choices:
+            assert ch.finish_reason == "tool_calls", ch
+            assert len(ch.message.tool_calls) == 1
+            _check_calls(ch.message.tool_calls)
+            samples += 1
+    assert samples == 50
+    r = c.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": PROMPTS[0]}], tools=TOOLS,
+        tool_choice="required", temperature=1.0, n=10, max_tokens=1500, seed=7,
+    )  # fmt: skip
+    for ch in r.choices:
+        assert ch.finish_reason == "tool_calls", ch
+        _check_calls(ch.message.tool_calls)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_named_choice_single_call_streamed(servers, family):
+    c = _client(servers[family])
+    for seed in range(3):
+        stream = c.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Add 2 and 3."}], tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "add"}},
+            parallel_tool_calls=False, temperature=1.0, max_tokens=200, seed=seed, stream=True,
+        )  # fmt: skip
+        calls: dict[int, dict] = {}
+        finish = None
+        for chunk in stream:
+            ch = chunk.choices[0]
+            for d in ch.delta.tool_calls or []:
+                entry = calls.setdefault(d.index, {"id": None, "name": None, "arguments": ""})
+                entry["id"] = d.id or entry["id"]
+                if d.function is not None:
+                    entry["name"] = d.function.name or entry["name"]
+                    entry["arguments"] += d.function.arguments or ""
+            finish = ch.finish_reason or finish
+        assert finish == "tool_calls" and list(calls) == [0]
+        assert calls[0]["name"] == "add" and calls[0]["id"].startswith("call_")
+        jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS["add"])
+
+
+def test_history_with_tool_results_and_errors(servers):
+    c = _client(servers["hermes"])
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
+    ]  # fmt: skip
+    r = c.chat.completions.create(
+        model="tiny", messages=history, tools=TOOLS, tool_choice="required", max_tokens=200
+    )
+    _check_calls(r.choices[0].message.tool_calls)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(
+            model="tiny", messages=history[:1], tools=TOOLS, tool_choice="required",
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+    assert e.value.body["param"] == "tool_choice"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(
+            model="tiny", messages=history[:1], tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "nope"}},
+        )  # fmt: skip
+    assert e.value.body["param"] == "tool_choice" and "not among the tools" in str(e.value)
+
+
+def test_auto_without_a_call_is_content(servers):
+    c = _client(servers["hermes"])
+    r = c.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], tools=TOOLS,
+        temperature=0, max_tokens=16,
+    )  # fmt: skip
+    ch = r.choices[0]
+    # a random model does not write "<tool_call>" unprompted: plain content, no calls
+    assert ch.message.tool_calls is None and ch.finish_reason in ("stop", "length")
+    assert isinstance(ch.message.content, str)
