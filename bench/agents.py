@@ -3,7 +3,8 @@
 Each episode is a Glaive tool-calling conversation (``--data``, default
 ``../shared/data/glaive_toolcall/glaive_toolcall_en_demo.json``): a system prompt, 8 tools (the
 episode's own plus others from the dataset, realistic JSON-schema parameters) and ``--turns``
-turns. Every turn sends the whole history so far with ``tool_choice: "required"`` (streamed,
+turns. Every turn sends the whole history so far with ``tool_choice: "required"`` and
+``parallel_tool_calls: false`` (one call per turn, as an agent loop runs; streamed,
 ``stream_options.include_usage``), validates each returned call's arguments against its tool's
 schema with ``jsonschema``, then appends the assistant's calls, one ``tool`` result per call (the
 dataset's observation, else a stub) and the next user message. So an agent re-sends the same
@@ -14,7 +15,9 @@ Model: the 120M random Llama of ``bench/common.py`` (GPT-2 vocabulary, built onc
 fixture ``tests/fixtures/chat_templates/hermes.jinja``). Systems, alternating per pass:
 ``cache`` (default server) and ``no-cache`` (``--disable-radix-cache``). Reported per system:
 episodes/s, turns/s, cache hit rate (cached / prompt tokens, from ``usage``), TTFT p50/p99, the
-share of calls whose arguments validate (must be 100 %), and the ratio cache / no-cache.
+share of calls whose arguments validate (must be 100 %), the turns whose call was cut at
+``--max-tokens`` (string, array and number arguments get bounds where the dataset has none: see
+:func:`bounded`), and the ratio cache / no-cache.
 
     python bench/agents.py --output-file bench/results/agents_DATE.json
 """
@@ -51,6 +54,29 @@ SYSTEM = (
 )
 
 
+def bounded(schema: Any, max_len: int) -> Any:
+    """``schema`` with every string given a ``maxLength``, every array a ``maxItems``, every
+    number bounds and every object with properties no others, where it has none. A random-weight model never chooses to close a string or
+    an array (greedy, it writes one until the token limit), so unbounded ones would measure the
+    token limit, not the agent loop; a trained model closes them itself."""
+    if isinstance(schema, list):
+        return [bounded(x, max_len) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v, max_len) for k, v in schema.items()}
+    kind = out.get("type")
+    if kind == "string" and "enum" not in out:
+        out.setdefault("maxLength", max_len)
+    elif kind == "array":
+        out.setdefault("maxItems", 3)
+    elif kind == "object" and "properties" in out:
+        out.setdefault("additionalProperties", False)
+    elif kind in ("integer", "number"):
+        out.setdefault("minimum", -999999)
+        out.setdefault("maximum", 999999)
+    return out
+
+
 def load_episodes(path: Path, n: int, tools_per_episode: int, seed: int) -> list[dict[str, Any]]:
     """Episodes with 8 tools each and the user messages / observations of their conversation."""
     data = json.loads(path.read_text())
@@ -69,6 +95,7 @@ def load_episodes(path: Path, n: int, tools_per_episode: int, seed: int) -> list
         chosen = {t["name"] for t in own}
         extra = [x for x in rng.sample(names, len(names)) if x not in chosen]
         tools = own + [pool[x] for x in extra[: tools_per_episode - len(own)]]
+        tools = [{**t, "parameters": bounded(t.get("parameters", {}), 24)} for t in tools]
         rng.shuffle(tools)
         obs = [c["value"] for c in ex["conversations"] if c["from"] == "observation"]
         episodes.append(
@@ -92,6 +119,9 @@ async def chat_turn(url: str, body: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError(f"HTTP {resp.status}: {error_message(await resp.read())}")
         ttft, calls, usage = None, {}, None
         async for data in iter_sse_data(resp.iter_body()):
+            # the first event (the role chunk) leaves once the prompt is computed and the first
+            # token sampled; calls arrive when complete
+            ttft = ttft if ttft is not None else time.perf_counter() - t0
             if data == "[DONE]":
                 break
             chunk = json.loads(data)
@@ -100,14 +130,11 @@ async def chat_turn(url: str, body: dict[str, Any]) -> dict[str, Any]:
             usage = chunk.get("usage") or usage
             for ch in chunk.get("choices", []):
                 for d in ch["delta"].get("tool_calls") or []:
-                    ttft = ttft if ttft is not None else time.perf_counter() - t0
                     e = calls.setdefault(d["index"], {"id": None, "name": None, "arguments": ""})
                     e["id"] = d.get("id") or e["id"]
                     fn = d.get("function") or {}
                     e["name"] = fn.get("name") or e["name"]
                     e["arguments"] += fn.get("arguments") or ""
-                if ch["delta"].get("content") and ttft is None:
-                    ttft = time.perf_counter() - t0
         return {"ttft": ttft, "calls": [calls[k] for k in sorted(calls)], "usage": usage}
     finally:
         resp.close()
@@ -116,12 +143,13 @@ async def chat_turn(url: str, body: dict[str, Any]) -> dict[str, Any]:
 async def run_episode(url: str, ep: dict[str, Any], turns: int, max_tokens: int) -> dict:
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in ep["tools"]}
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
-    out = {"ttft": [], "calls": 0, "valid": 0, "prompt": 0, "cached": 0}
+    out = {"ttft": [], "calls": 0, "valid": 0, "prompt": 0, "cached": 0, "cut": 0}
     for turn in range(turns):
         messages.append({"role": "user", "content": ep["users"][turn % len(ep["users"])]})
         body = {
             "model": "bench", "messages": messages, "tools": ep["tools"],
-            "tool_choice": "required", "max_tokens": max_tokens, "temperature": 0,
+            "tool_choice": "required", "parallel_tool_calls": False,
+            "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True},
         }  # fmt: skip
         r = await chat_turn(url, body)
@@ -140,6 +168,10 @@ async def run_episode(url: str, ep: dict[str, Any], turns: int, max_tokens: int)
                 {"id": c["id"], "type": "function",
                  "function": {"name": c["name"], "arguments": c["arguments"]}}
             )  # fmt: skip
+        if not tool_calls:  # the call was cut at max_tokens (finish_reason length)
+            out["cut"] += 1
+            messages.append({"role": "assistant", "content": "(no complete call)"})
+            continue
         messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
         for k, c in enumerate(tool_calls):
             obs = (
@@ -174,6 +206,7 @@ async def run_system(url: str, episodes: list[dict], turns: int, clients: int, m
         "ttft_p99_ms": percentile(ttfts, 99) * 1e3,
         "calls": calls,
         "valid_share": sum(r["valid"] for r in results) / max(1, calls),
+        "turns_cut": sum(r["cut"] for r in results),
     }
 
 
@@ -183,7 +216,9 @@ def main() -> int:
     p.add_argument("--turns", type=int, default=6)
     p.add_argument("--tools", type=int, default=8, help="tools per episode")
     p.add_argument("--clients", type=int, default=4, help="episodes run concurrently")
-    p.add_argument("--max-tokens", type=int, default=96, help="per turn")
+    p.add_argument(
+        "--max-tokens", type=int, default=384, help="per turn (a call cut here is counted)"
+    )
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16")
@@ -212,7 +247,7 @@ def main() -> int:
             cmd = [sys.executable, "-m", "radixlm.launch_server", "--model-path", str(model_dir),
                    "--port", str(port), "--num-threads", str(args.threads), "--dtype", args.dtype,
                    "--chat-template", str(repo_path(args.chat_template)),
-                   "--served-model-name", "bench", *systems[name]]  # fmt: skip
+                   "--served-model-name", "bench", "--context-length", "8192", *systems[name]]  # fmt: skip
             with launched_server(cmd, url, 600, logs / f"{name}_{pas}.log"):
                 r = asyncio.run(
                     run_system(url, episodes, args.turns, args.clients, args.max_tokens)
@@ -222,7 +257,7 @@ def main() -> int:
                 f"[pass {pas + 1}] {name:9s} {r['episodes_per_s']:.3f} episodes/s, "
                 f"{r['turns_per_s']:.2f} turns/s, hit rate {r['cache_hit_rate']:.1%}, TTFT p50 "
                 f"{r['ttft_p50_ms']:.0f} ms p99 {r['ttft_p99_ms']:.0f} ms, {r['calls']} calls, "
-                f"valid {r['valid_share']:.1%}",
+                f"valid {r['valid_share']:.1%}, turns cut at max tokens {r['turns_cut']}",
                 flush=True,
             )
     ratios = [
