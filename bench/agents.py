@@ -210,6 +210,39 @@ async def run_system(url: str, episodes: list[dict], turns: int, clients: int, m
     }
 
 
+def plot(path: Path, runs: dict[str, list[dict]]) -> None:
+    """Episodes/s and TTFT p50 of each system, every pass a dot, the median a bar."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot: matplotlib is not installed (pip install -e .[bench]); not writing {path}")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    for ax, key, label in (
+        (axes[0], "episodes_per_s", "episodes/s"),
+        (axes[1], "ttft_p50_ms", "TTFT p50 (ms)"),
+    ):
+        for i, name in enumerate(names):
+            values = sorted(r[key] for r in runs[name])
+            ax.bar(i, values[len(values) // 2], 0.6, label=name)
+            ax.plot([i] * len(values), values, "k.", markersize=4)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel(label)
+    hit = {n: runs[n][0]["cache_hit_rate"] for n in names}
+    fig.suptitle(
+        "agents, tool_choice=required: " + ", ".join(f"{n} hit {h:.0%}" for n, h in hit.items()),
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=8)
@@ -271,6 +304,7 @@ def main() -> int:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_file).write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.output_file}")
+        plot(Path(args.output_file).with_suffix(".png"), runs)
     return 0 if valid == 1.0 else 1
 
 

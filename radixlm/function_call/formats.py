@@ -146,6 +146,18 @@ def _json_rule(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": _JSON_LAYOUT}, ensure_ascii=False)
 
 
+def _repeated_calls(req: ToolRequest, call: str, sep: str, *rules: str) -> str:
+    """A grammar of one ``call`` (``req.parallel``: one or more, separated by ``sep``)."""
+    lines = [
+        "%llguidance {}",
+        "start: call" + (" (sep call)*" if req.parallel else ""),
+        f"call: {call}",
+        f"sep: {sep}",
+        *rules,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 class HermesFormat(ToolCallFormat):
     name = "hermes"
     trigger = "<tool_call>"
@@ -176,14 +188,12 @@ class HermesFormat(ToolCallFormat):
         return text.count("</tool_call>")
 
     def grammar(self, req: ToolRequest, literal: Literal = json_literal) -> str:
-        rules = [
-            "%llguidance {}",
-            "start: call" + (" (sep call)*" if req.parallel else ""),
-            f'call: {literal("<tool_call>")} "\\n" body "\\n" {literal("</tool_call>")}',
-            'sep: "\\n"',
+        return _repeated_calls(
+            req,
+            f'{literal("<tool_call>")} "\\n" body "\\n" {literal("</tool_call>")}',
+            '"\\n"',
             "body: " + _json_rule(self.call_schema(req.allowed())),
-        ]
-        return "\n".join(rules) + "\n"
+        )
 
 
 class Llama3JsonFormat(ToolCallFormat):
@@ -214,13 +224,9 @@ class Llama3JsonFormat(ToolCallFormat):
         return ParsedOutput(None, tuple(calls))
 
     def grammar(self, req: ToolRequest, literal: Literal = json_literal) -> str:
-        rules = [
-            "%llguidance {}",
-            "start: call" + (" (sep call)*" if req.parallel else ""),
-            'sep: "; "',
-            "call: " + _json_rule(self.call_schema(req.allowed())),
-        ]
-        return "\n".join(rules) + "\n"
+        return _repeated_calls(
+            req, "body", '"; "', "body: " + _json_rule(self.call_schema(req.allowed()))
+        )
 
 
 class MistralFormat(ToolCallFormat):
