@@ -203,7 +203,7 @@ def test_logprobs(client):
     "kwargs, needle",
     [
         ({"temperature": -1}, "temperature"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool calling"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "--tool-call-parser"),
         ({"n": 0}, "n must be"),
         ({"messages": [{"role": "bot", "content": "hi"}]}, "messages[0].role"),
         ({"messages": []}, "messages must be a non-empty list"),
@@ -310,7 +310,9 @@ def test_abort_mid_stream_is_an_error_event(server, client):
 def test_client_disconnect_aborts_non_stream_wait(server):
     backend, port = server
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    body = {"prompt": STORY, "max_tokens": None, "ignore_eos": True}
+    # n=16 samples to the end of the context: seconds of work, so the engine call is still
+    # running when the client leaves (one sample takes ~0.3 s on the native kernels)
+    body = {"prompt": STORY, "max_tokens": None, "ignore_eos": True, "n": 16}
     before = backend.closed_early
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     time.sleep(0.2)
