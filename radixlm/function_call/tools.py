@@ -187,8 +187,8 @@ def history_tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
     """An assistant message's ``tool_calls`` (or legacy ``function_call``), validated, with
     ``arguments`` parsed into a mapping for the template."""
     calls = raw if isinstance(raw, list) else None
-    if calls is None or not calls:
-        raise RequestError(f"{where}.tool_calls must be a non-empty list of tool calls")
+    if not calls:
+        raise RequestError(f"{where}.tool_calls must be a list of tool calls")
     out = []
     for j, c in enumerate(calls):
         w = f"{where}.tool_calls[{j}]"

@@ -178,6 +178,8 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
                 f"got {role!r}"
             )
         calls = m.get("tool_calls")
+        if isinstance(calls, list) and not calls:
+            calls = None  # some clients send an empty list for "no calls"
         if m.get("function_call") is not None:  # legacy: one call, no id
             if calls is not None:
                 raise RequestError(f"{where}: send tool_calls or function_call, not both")

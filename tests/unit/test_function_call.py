@@ -319,9 +319,21 @@ def test_history_errors_name_the_message():
     bad = [
         ([{"role": "tool", "content": "x"}], "tool_call_id"),
         ([{"role": "user", "content": "x", "tool_calls": HISTORY[2]["tool_calls"]}], "only assistant"),
-        ([{"role": "assistant", "content": None, "tool_calls": []}], "non-empty list"),
+        ([{"role": "assistant", "content": None, "tool_calls": {"id": "x"}}], "must be a list"),
         ([{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{oops"}}]}], "JSON object"),
     ]  # fmt: skip
     for messages, message in bad:
         with pytest.raises(RequestError, match=message):
             render_text(t, messages)
+
+
+def test_sdk_shaped_assistant_messages_render():
+    """What the OpenAI SDK sends back when a response message is appended to the history:
+    null fields, and an empty tool_calls list from some clients."""
+    t = ChatTemplate("hermes", open(os.path.join(TEMPLATES, "hermes.jinja")).read())
+    sdk = {"role": "assistant", "content": "Hi", "refusal": None, "audio": None,
+           "function_call": None, "annotations": [], "tool_calls": []}  # fmt: skip
+    text = render_text(t, [{"role": "user", "content": "x"}, sdk])
+    assert "Hi" in text and "<tool_call>" not in text.split("</tools>")[-1]
+    with_calls = {**sdk, "content": None, "tool_calls": HISTORY[2]["tool_calls"]}
+    assert '"name": "add"' in render_text(t, [{"role": "user", "content": "x"}, with_calls])
