@@ -16,17 +16,14 @@ next one). ``plain`` is rendered in Python (``source is None``); everything else
 sandbox with the globals Hugging Face templates expect (``raise_exception``, ``strftime_now``,
 ``tojson``, the tokenizer's special tokens, ``{% generation %}`` blocks).
 
-Invariants: messages are validated before rendering (roles ``system``/``developer`` (= system),
-``user``, ``assistant``, ``tool`` (legacy ``function`` = tool); content a string or a list of
-``{"type": "text"}`` parts, joined with ``"\\n"``; an assistant message may carry
-``tool_calls`` (content then may be null), a tool message its ``tool_call_id`` and ``name``),
-and every problem raises :class:`RequestError` saying what to fix. Tools and tool messages reach
+Invariants: messages are validated before rendering (:mod:`radixlm.server.chat_messages`), and
+every problem raises :class:`RequestError` saying what to fix. Tools and tool messages reach
 Jinja templates as Hugging Face's ``apply_chat_template`` passes them (``tools=`` the
 ``{"type": "function", "function": ...}`` list; call ``arguments`` as mappings), so a template
 renders here what it renders in transformers. The BOS token is
 never doubled: when the template emits it (or the text starts with it) the text is tokenized with
-``add_special_tokens=False``. This module imports nothing from the server, so the frontend DSL
-can reuse the registry client-side.
+``add_special_tokens=False``. This module imports nothing from the server's runtime (only
+``chat_messages``), so the frontend DSL can reuse the registry client-side.
 """
 
 from __future__ import annotations
@@ -40,12 +37,10 @@ from datetime import datetime
 from typing import Any
 
 from radixlm.errors import ConfigError, RequestError
+from radixlm.server.chat_messages import normalize_messages
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant", "tool")
-# OpenAI's newer name for the system role; the legacy function-result role
-_ROLE_ALIASES = {"developer": "system", "function": "tool"}
 # Marks the end of the final message when continuing it (cut away after rendering).
 _CONTINUE_MARK = "\x00radixlm-continue\x00"
 # End-of-turn markers whose presence in a template source makes them stop strings.
@@ -152,85 +147,6 @@ def resolve_chat_template(tokenizer: Any | None, override: str | None) -> ChatTe
 def _from_source(name: str, source: str) -> ChatTemplate:
     stop = tuple(s for s in _KNOWN_TURN_ENDS if s in source)
     return ChatTemplate(name, source, stop, includes_bos="bos_token" in source)
-
-
-# ---- messages ----------------------------------------------------------------------------
-def normalize_messages(messages: Any) -> list[dict[str, Any]]:
-    """Validate OpenAI-style messages; return ``[{"role", "content", ...}]`` with string content
-    (assistant ``tool_calls`` and tool ``tool_call_id`` / ``name`` kept, validated)."""
-    from radixlm.function_call.tools import history_tool_calls
-
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("messages must be a non-empty list of {role, content} objects")
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise RequestError(f"{where} must be an object with role and content")
-        role = m.get("role")
-        if not isinstance(role, str):
-            raise RequestError(f"{where}.role must be a string such as 'user', got {role!r}")
-        legacy_function = role == "function"
-        role = _ROLE_ALIASES.get(role, role)
-        if role not in ROLES:
-            raise RequestError(
-                f"{where}.role must be one of system, developer, user, assistant, tool; "
-                f"got {role!r}"
-            )
-        calls = m.get("tool_calls")
-        if isinstance(calls, list) and not calls:
-            calls = None  # some clients send an empty list for "no calls"
-        if m.get("function_call") is not None:  # legacy: one call, no id
-            if calls is not None:
-                raise RequestError(f"{where}: send tool_calls or function_call, not both")
-            calls = [{"type": "function", "function": m["function_call"]}]
-        content = m.get("content")
-        if content is None and role == "assistant":
-            content = ""
-        msg: dict[str, Any] = {"role": role, "content": _content_text(content, where)}
-        if calls is not None:
-            if role != "assistant":
-                raise RequestError(f"{where}: only assistant messages carry tool_calls")
-            msg["tool_calls"] = history_tool_calls(calls, where)
-        if role == "tool":
-            call_id, name = m.get("tool_call_id"), m.get("name")
-            if not legacy_function and not isinstance(call_id, str):
-                raise RequestError(f"{where}.tool_call_id must be the id of the call it answers")
-            if call_id is not None:
-                msg["tool_call_id"] = call_id
-            if name is not None:
-                if not isinstance(name, str):
-                    raise RequestError(f"{where}.name must be a string")
-                msg["name"] = name
-        out.append(msg)
-    return out
-
-
-def _content_text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise RequestError(
-            f"{where}.content must be a string or a list of text parts, got "
-            f"{type(content).__name__}"
-        )
-    texts, other = [], []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict):
-            raise RequestError(f"{where}.content[{j}] must be an object like {{type, text}}")
-        kind = part.get("type")
-        if kind != "text":
-            other.append(kind)
-        elif not isinstance(part.get("text"), str):
-            raise RequestError(f"{where}.content[{j}].text must be a string")
-        else:
-            texts.append(part["text"])
-    if other:
-        raise RequestError(
-            f"{where}.content has part type(s) {sorted(set(map(str, other)))}; only 'text' "
-            "parts are supported (this server serves text-only models)"
-        )
-    return "\n".join(texts)
 
 
 # ---- rendering ---------------------------------------------------------------------------
