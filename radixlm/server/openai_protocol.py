@@ -290,8 +290,8 @@ def _tool_constraints(tools: ToolRequest, sp: dict[str, Any], backend: Any) -> T
     if tools.mode in ("required", "named"):
         if any(sp.get(k) for k in ("regex", "json_schema", "ebnf")):
             raise OpenAIRequestError(
-                f"tool_choice {tools.mode!r} constrains the output to tool calls; it cannot be "
-                "combined with response_format, regex, json_schema or ebnf",
+                "tool_choice 'required' or a named function constrains the output to tool "
+                "calls; it cannot be combined with response_format, regex, json_schema or ebnf",
                 "function_call" if tools.legacy else "tool_choice",
             )
         sp["ebnf"] = fmt.grammar(tools)
