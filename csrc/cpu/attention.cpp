@@ -11,7 +11,7 @@
 // Work items are (request, split): a long context is split over the KV length so both threads
 // work even at batch 1, and the splits are merged with their log-sum-exp. An item walks its keys
 // once, block by block, and every head attends to a block while its K/V rows (whole rows, all KV
-// heads: contiguous for consecutive slots) are in L1; each head group keeps its output
+// heads: contiguous for consecutive slots) are in cache; each head group keeps its output
 // accumulators in registers within a block.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -18,6 +18,7 @@ malformed output is visible to the client and never a 500.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -91,6 +92,9 @@ class ToolCallFormat:
     trigger: str = ""
     #: The key of a call object that holds the arguments.
     args_key: str = "arguments"
+    #: True when a call is the whole output (no trigger needed: output starting with ``{`` is
+    #: a call), so streamed text is held until its first character decides.
+    whole_output: bool = False
 
     def parse(self, text: str) -> ParsedOutput:
         raise NotImplementedError
@@ -100,8 +104,9 @@ class ToolCallFormat:
         one or more) to one of ``req.allowed()``, arguments valid for that tool's schema."""
         raise NotImplementedError
 
-    def closed_calls(self, text: str) -> int:
-        """How many calls are complete in a partial output (streaming sends those early)."""
+    def closed_end(self, text: str) -> int:
+        """End of the last complete call in a partial output, 0 if none (streaming sends the
+        calls before it early)."""
         return 0
 
     def call_schema(self, tools: tuple[Tool, ...]) -> dict[str, Any]:
@@ -184,8 +189,9 @@ class HermesFormat(ToolCallFormat):
         outside.append(rest)
         return ParsedOutput(_content("".join(outside)), tuple(calls))
 
-    def closed_calls(self, text: str) -> int:
-        return text.count("</tool_call>")
+    def closed_end(self, text: str) -> int:
+        i = text.rfind("</tool_call>")
+        return 0 if i == -1 else i + len("</tool_call>")
 
     def grammar(self, req: ToolRequest, literal: Literal = json_literal) -> str:
         return _repeated_calls(
@@ -200,6 +206,7 @@ class Llama3JsonFormat(ToolCallFormat):
     name = "llama3_json"
     trigger = "<|python_tag|>"
     args_key = "parameters"
+    whole_output = True
 
     def parse(self, text: str) -> ParsedOutput:
         body = text.strip()
@@ -334,6 +341,7 @@ def resolve_format(name: str | None, template_source: str | None) -> ToolCallFor
     return detect_format(template_source)
 
 
+@functools.lru_cache(maxsize=16)
 def trigger_is_special(fmt: ToolCallFormat, tokenizer: Any) -> bool:
     """True when the format's trigger is one special token of ``tokenizer``: it then only
     reaches the output text with ``skip_special_tokens`` off."""

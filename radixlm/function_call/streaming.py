@@ -4,7 +4,7 @@
 back any tail that could still become the format's trigger (and, for formats whose call is the
 whole output, everything until the first non-space character says otherwise). From the trigger
 on, text is held; each call is sent as soon as the format sees it closed
-(:meth:`ToolCallFormat.closed_calls`) and the rest when the output ends, parsed by the same
+(:meth:`ToolCallFormat.closed_end`) and the rest when the output ends, parsed by the same
 :meth:`ToolCallFormat.parse` as a non-streamed response. Invariant: the concatenation of the
 content deltas plus the calls equals what :meth:`parse` returns for the final text; text that
 turns out not to hold well-formed calls is sent as content at the end, nothing is dropped.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from radixlm.function_call.formats import Llama3JsonFormat, ToolCall, ToolCallFormat
+from radixlm.function_call.formats import ToolCall, ToolCallFormat
 
 
 @dataclass
@@ -29,7 +29,8 @@ class ToolStream:
         self._sent = 0  # characters of the text sent as content
         self._calls_sent = 0
         self._in_call = False
-        self._whole_output = isinstance(fmt, Llama3JsonFormat)  # a call is the whole output
+        self._closed_at = 0  # end of the last complete call already sent
+        self._whole_output = fmt.whole_output  # undecided until the first character
 
     @property
     def calls_sent(self) -> int:
@@ -59,12 +60,12 @@ class ToolStream:
             ev.content = text[self._sent : start]
             self._sent = start
             self._in_call = True
-        closed = self.fmt.closed_calls(text)
-        if closed > self._calls_sent:
-            parsed = self.fmt.parse(text[: self._closed_end(text)])
-            if len(parsed.calls) >= closed:
-                ev.calls = list(parsed.calls[self._calls_sent : closed])
-                self._calls_sent = closed
+        end = self.fmt.closed_end(text)
+        if end > self._closed_at:  # a call closed since the last feed: parse once more
+            self._closed_at = end
+            parsed = self.fmt.parse(text[:end])
+            ev.calls = list(parsed.calls[self._calls_sent :])
+            self._calls_sent = max(self._calls_sent, len(parsed.calls))
         return ev
 
     def _call_start(self, text: str) -> int | None:
@@ -90,8 +91,3 @@ class ToolStream:
             if trig.startswith(text[-k:]):
                 return len(text) - k
         return len(text)
-
-    def _closed_end(self, text: str) -> int:
-        end = "</tool_call>"
-        i = text.rfind(end)
-        return len(text) if i == -1 else i + len(end)

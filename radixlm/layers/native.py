@@ -5,8 +5,7 @@ What changes (the torch path stays the semantics; see radixlm/kernels/reference.
   embedding matrix becomes the head) becomes a :class:`PackedLinear`, whose weight is repacked
   once, here, and streamed once per step by the kernel;
 - RMSNorm with its residual add, RoPE and SiLU·mul run fused (``layer.kernels`` is set);
-- with ``quantization="w8a16"`` the packed linears hold int8 weights with per-channel scales.
-
+- with ``quantization="w8a16"`` the packed linears hold int8 weights with per-channel scales;
 - the decode step of a Llama-family model runs as one native call (:class:`FusedDecoder`,
   ``csrc/cpu/decoder.cpp``) over the same packed weights, when the attention backend reads K/V
   from the pools by slot (``cpu_native``): the same kernels in the same order as the modules, so
@@ -81,7 +80,7 @@ class FusedDecoder:
             cfg.num_kv_heads,
             cfg.head_dim,
             cfg.rms_norm_eps,
-            cfg.head_dim**-0.5,
+            inner.layers[0].self_attn.scaling,  # the same for every layer
         )
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
