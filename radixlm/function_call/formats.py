@@ -85,6 +85,36 @@ def json_literal(text: str) -> str:
     return json.dumps(text)
 
 
+def is_token_literal(lark: str) -> bool:
+    """True for a Lark literal that names one token (``<[id]>``), not text."""
+    return lark.startswith("<[")
+
+
+def special_token_id(text: str, tokenizer: Any) -> int | None:
+    """The id of ``text`` when it is one special (or added) token of ``tokenizer``, else None."""
+    if tokenizer is None or not text:
+        return None
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        return None
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    if hasattr(tokenizer, "get_added_vocab"):
+        special.update(tokenizer.get_added_vocab().values())
+    return ids[0] if ids[0] in special else None
+
+
+def token_literal(tokenizer: Any) -> Literal:
+    """A :data:`Literal` that writes a string which is one special token of ``tokenizer`` as
+    that token (``<[id]>``: the model must emit the token itself, as it was trained to, not
+    its spelling in ordinary pieces) and any other string as text."""
+
+    def literal(text: str) -> str:
+        tid = special_token_id(text, tokenizer)
+        return json_literal(text) if tid is None else f"<[{tid}]>"
+
+    return literal
+
+
 class ToolCallFormat:
     name: str = ""
     #: The text that opens the first call (where a lazy grammar would start); also held back
@@ -100,9 +130,34 @@ class ToolCallFormat:
         raise NotImplementedError
 
     def grammar(self, req: ToolRequest, literal: Literal = json_literal) -> str:
-        """A Lark (llguidance) grammar whose every sentence is one call (``req.parallel``:
-        one or more) to one of ``req.allowed()``, arguments valid for that tool's schema."""
+        """A Lark (llguidance) grammar of the outputs ``req`` allows.
+
+        ``required`` / ``named``: every sentence is one call (``req.parallel``: one or more)
+        to one of ``req.allowed()``, arguments valid for that tool's schema. ``auto``: free
+        text, or free text up to the trigger and from there well-formed calls as above (a lazy
+        grammar: nothing is constrained until the model starts a call)."""
+        calls = self._calls_grammar(req, literal)
+        if req.mode != "auto":
+            return _grammar("start: calls", *calls)
+        return _grammar(*self._auto_rules(literal), *calls)
+
+    def _calls_grammar(self, req: ToolRequest, literal: Literal) -> list[str]:
+        """Rules defining ``calls``: the trigger, then one call (parallel: one or more)."""
         raise NotImplementedError
+
+    def _auto_rules(self, literal: Literal) -> list[str]:
+        """``start``: free text, or free text then ``calls`` (which begins with the trigger).
+        The text before a trigger that is a special token cannot hold special tokens, so the
+        trigger token ends it; a text trigger ends the lazy ``lead`` lexeme (the first place
+        the trigger's text appears)."""
+        trig = literal(self.trigger)
+        if is_token_literal(trig):
+            return ["start: TEXT | TEXT calls", "TEXT: /(?s:.*)/"]
+        return [
+            "start: TEXT | lead calls_after_trigger",
+            "TEXT: /(?s:.*)/",
+            f"lead[lazy]: TEXT {trig}",
+        ]
 
     def closed_end(self, text: str) -> int:
         """End of the last complete call in a partial output, 0 if none (streaming sends the
@@ -151,16 +206,24 @@ def _json_rule(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": _JSON_LAYOUT}, ensure_ascii=False)
 
 
-def _repeated_calls(req: ToolRequest, call: str, sep: str, *rules: str) -> str:
-    """A grammar of one ``call`` (``req.parallel``: one or more, separated by ``sep``)."""
-    lines = [
-        "%llguidance {}",
-        "start: call" + (" (sep call)*" if req.parallel else ""),
-        f"call: {call}",
+def _grammar(*rules: str) -> str:
+    return "\n".join(["%llguidance {}", *rules]) + "\n"
+
+
+def _repeated_calls(
+    req: ToolRequest, trigger: str, call_rest: str, sep: str, *rules: str
+) -> list[str]:
+    """Rules for ``calls``: ``trigger call_rest`` (``req.parallel``: one or more, separated by
+    ``sep``), and ``calls_after_trigger``, the same once the first trigger is written."""
+    more = " (sep call)*" if req.parallel else ""
+    return [
+        "calls: call" + more,
+        "calls_after_trigger: call_rest" + more,
+        f"call: {trigger} call_rest" if trigger else "call: call_rest",
+        f"call_rest: {call_rest}",
         f"sep: {sep}",
         *rules,
     ]
-    return "\n".join(lines) + "\n"
 
 
 class HermesFormat(ToolCallFormat):
@@ -193,10 +256,11 @@ class HermesFormat(ToolCallFormat):
         i = text.rfind("</tool_call>")
         return 0 if i == -1 else i + len("</tool_call>")
 
-    def grammar(self, req: ToolRequest, literal: Literal = json_literal) -> str:
+    def _calls_grammar(self, req: ToolRequest, literal: Literal) -> list[str]:
         return _repeated_calls(
             req,
-            f'{literal("<tool_call>")} "\\n" body "\\n" {literal("</tool_call>")}',
+            literal(self.trigger),
+            f'"\\n" body "\\n" {literal("</tool_call>")}',
             '"\\n"',
             "body: " + _json_rule(self.call_schema(req.allowed())),
         )
@@ -230,10 +294,17 @@ class Llama3JsonFormat(ToolCallFormat):
                 pos += 1
         return ParsedOutput(None, tuple(calls))
 
-    def grammar(self, req: ToolRequest, literal: Literal = json_literal) -> str:
+    def _calls_grammar(self, req: ToolRequest, literal: Literal) -> list[str]:
         return _repeated_calls(
-            req, "body", '"; "', "body: " + _json_rule(self.call_schema(req.allowed()))
+            req, "", "body", '"; "', "body: " + _json_rule(self.call_schema(req.allowed()))
         )
+
+    def _auto_rules(self, literal: Literal) -> list[str]:
+        """A call is the whole output, so text may not start with ``{`` (nor, when the
+        ``<|python_tag|>`` prefix is text, with ``<|``); a call may follow the prefix."""
+        tag = literal(self.trigger)
+        text = "/[^{](?s:.*)/" if is_token_literal(tag) else "/([^{<]|<[^|])(?s:.*)/"
+        return [f"start: TEXT | {tag}? calls", f"TEXT: {text} | /\\s*/"]
 
 
 class MistralFormat(ToolCallFormat):
@@ -279,7 +350,7 @@ class MistralFormat(ToolCallFormat):
             calls.append(call)
         return calls
 
-    def grammar(self, req: ToolRequest, literal: Literal = json_literal) -> str:
+    def _calls_grammar(self, req: ToolRequest, literal: Literal) -> list[str]:
         array: dict[str, Any] = {
             "type": "array",
             "items": self.call_schema(req.allowed()),
@@ -288,12 +359,10 @@ class MistralFormat(ToolCallFormat):
         if not req.parallel:
             array["maxItems"] = 1
         array = _rebase_refs_in_items(array)
-        rules = [
-            "%llguidance {}",
-            f"start: {literal(self.trigger)} calls",
-            "calls: " + _json_rule(array),
+        return [
+            f"calls: {literal(self.trigger)} calls_after_trigger",
+            "calls_after_trigger: " + _json_rule(array),
         ]
-        return "\n".join(rules) + "\n"
 
 
 def _rebase_refs_in_items(array: dict[str, Any]) -> dict[str, Any]:
@@ -345,12 +414,4 @@ def resolve_format(name: str | None, template_source: str | None) -> ToolCallFor
 def trigger_is_special(fmt: ToolCallFormat, tokenizer: Any) -> bool:
     """True when the format's trigger is one special token of ``tokenizer``: it then only
     reaches the output text with ``skip_special_tokens`` off."""
-    if tokenizer is None or not fmt.trigger:
-        return False
-    ids = tokenizer.encode(fmt.trigger, add_special_tokens=False)
-    if len(ids) != 1:
-        return False
-    special = set(getattr(tokenizer, "all_special_ids", None) or [])
-    if hasattr(tokenizer, "get_added_vocab"):
-        special.update(tokenizer.get_added_vocab().values())
-    return ids[0] in special
+    return special_token_id(fmt.trigger, tokenizer) is not None

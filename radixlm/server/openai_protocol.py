@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radixlm.errors import RadixLMError, RequestError
-from radixlm.function_call.formats import ToolCallFormat, trigger_is_special
+from radixlm.function_call.formats import ToolCallFormat, token_literal, trigger_is_special
 from radixlm.function_call.tools import ToolRequest, ToolSpecError, parse_tool_request
 from radixlm.server.chat_template import render_chat, split_stops
 
@@ -273,9 +273,10 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
 
 
 def _tool_constraints(tools: ToolRequest, sp: dict[str, Any], backend: Any) -> ToolCallFormat:
-    """The server's tool-call format for a request whose model may call tools; for ``required``
-    and a named ``tool_choice`` also the grammar that makes every output well-formed calls in
-    that format, arguments valid for the tool's schema (sampling parameter ``ebnf``)."""
+    """The server's tool-call format for a request whose model may call tools, and the grammar
+    (sampling parameter ``ebnf``) that makes every call the model writes well-formed in that
+    format with arguments valid for the tool's schema: the whole output for ``required`` and
+    a named ``tool_choice``, everything from the trigger on for ``auto`` (free text before)."""
     fmt = getattr(backend, "tool_format", None)
     param = "functions" if tools.legacy else "tools"
     if fmt is None:
@@ -287,14 +288,15 @@ def _tool_constraints(tools: ToolRequest, sp: dict[str, Any], backend: Any) -> T
         )
     if trigger_is_special(fmt, backend.tokenizer):
         sp["skip_special_tokens"] = False  # the parser must see the trigger token
-    if tools.mode in ("required", "named"):
-        if any(sp.get(k) for k in ("regex", "json_schema", "ebnf")):
-            raise OpenAIRequestError(
-                "tool_choice 'required' or a named function constrains the output to tool "
-                "calls; it cannot be combined with response_format, regex, json_schema or ebnf",
-                "function_call" if tools.legacy else "tool_choice",
-            )
-        sp["ebnf"] = fmt.grammar(tools)
+    if any(sp.get(k) for k in ("regex", "json_schema", "ebnf")):
+        raise OpenAIRequestError(
+            "tool calls are constrained to the tools' schemas (and with tool_choice 'required' "
+            "or a named function the whole output is calls); this cannot be combined with "
+            "response_format, regex, json_schema or ebnf: send tool_choice 'none' or drop "
+            "the other constraint",
+            "function_call" if tools.legacy else "tool_choice",
+        )
+    sp["ebnf"] = fmt.grammar(tools, token_literal(backend.tokenizer))
     return fmt
 
 

@@ -2,7 +2,9 @@
 
 ``required`` and a named ``tool_choice`` are constrained by the format's grammar: at
 temperature 1 every sampled output is well-formed calls whose arguments validate against the
-tool's schema (checked with jsonschema), streamed or not.
+tool's schema (checked with jsonschema), streamed or not. ``auto`` is a lazy grammar: free text
+until the model writes the trigger, a constrained call from there. The ``special`` server's
+tokenizer has ``<tool_call>`` / ``</tool_call>`` as special tokens, as Qwen's has.
 """
 
 from __future__ import annotations
@@ -53,6 +55,35 @@ TOOLS = [
 ]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 PROMPTS = ["Weather in Paris?", "Add 2 and 3.", "Hello", "What now?", "Tell me a story."]
+
+
+def _model_with_tool_tokens(root) -> str:
+    """A tiny qwen2 whose tokenizer adds ``<tool_call>`` / ``</tool_call>`` as special tokens
+    (ids 512 and 513; the embedding has room for them)."""
+    import torch
+    import transformers
+
+    from radixlm.config import BUNDLED_MODEL
+    from tests.conftest import _tiny_config
+
+    path = str(root / "qwen2_tool_tokens")
+    tok = transformers.AutoTokenizer.from_pretrained(BUNDLED_MODEL)
+    tok.add_tokens(["<tool_call>", "</tool_call>"], special_tokens=True)
+    config = _tiny_config("qwen2")
+    config.vocab_size = 520
+    torch.manual_seed(5)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def special_server(start_server, tmp_path_factory):
+    path = _model_with_tool_tokens(tmp_path_factory.mktemp("tool_tokens"))
+    return start_server(
+        "--model-path", path, "--served-model-name", "tiny",
+        "--chat-template", os.path.join(TEMPLATES, "hermes.jinja"), "--context-length", "4096",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +204,40 @@ def test_auto_without_a_call_is_content(servers):
     # a random model does not write "<tool_call>" unprompted: plain content, no calls
     assert ch.message.tool_calls is None and ch.finish_reason in ("stop", "length")
     assert isinstance(ch.message.content, str)
+
+
+def test_auto_with_a_special_trigger_token(special_server):
+    """The trigger is one special token: biased to it, every sample starts a call at once and
+    the grammar makes it valid, streamed or not; `required` names the token too."""
+    c = _client(special_server)
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    r = c.chat.completions.create(
+        model="tiny", messages=msgs, tools=TOOLS, tool_choice="auto", temperature=1.0, n=10,
+        seed=1, max_tokens=300, parallel_tool_calls=False, logit_bias={"512": 100},
+    )  # fmt: skip
+    for ch in r.choices:
+        assert ch.finish_reason == "tool_calls", ch
+        assert len(ch.message.tool_calls) == 1 and ch.message.content is None
+        _check_calls(ch.message.tool_calls)
+    stream = c.chat.completions.create(
+        model="tiny", messages=msgs, tools=TOOLS, tool_choice="auto", temperature=1.0, seed=2,
+        max_tokens=300, parallel_tool_calls=False, logit_bias={"512": 100}, stream=True,
+    )  # fmt: skip
+    args, names, finish, content = "", [], None, ""
+    for chunk in stream:
+        ch = chunk.choices[0]
+        content += ch.delta.content or ""
+        for d in ch.delta.tool_calls or []:
+            if d.function is not None:
+                names += [d.function.name] if d.function.name else []
+                args += d.function.arguments or ""
+        finish = ch.finish_reason or finish
+    assert finish == "tool_calls" and len(names) == 1 and "<tool_call>" not in content
+    jsonschema.validate(json.loads(args), SCHEMAS[names[0]])
+    r = c.chat.completions.create(
+        model="tiny", messages=msgs, tools=TOOLS, tool_choice="required", temperature=1.0,
+        n=5, seed=4, max_tokens=300,
+    )  # fmt: skip
+    for ch in r.choices:
+        assert ch.finish_reason == "tool_calls"
+        _check_calls(ch.message.tool_calls)

@@ -253,6 +253,46 @@ def test_required_grammar_accepts_valid_calls_only(name, matcher_for):
     assert not matcher_for(fmt.grammar(named), calls_only)  # get_weather is not allowed
 
 
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_auto_grammar_is_free_until_the_trigger(name, matcher_for):
+    """``auto``: any text without a call, or text and then calls that must be well-formed
+    from the trigger on (a lazy grammar)."""
+    fmt = get_format(name)
+    auto = fmt.grammar(parse_tool_request({"tools": TOOLS, "tool_choice": "auto"}))
+    text = OUTPUTS[name]
+    assert matcher_for(auto, text)
+    assert matcher_for(auto, "No call needed: 1 + 2 = 3.")
+    assert matcher_for(auto, "")
+    assert not matcher_for(auto, text.replace('"a": 1', '"a": "1"'))
+    assert not matcher_for(auto, text.replace('"add"', '"sub"'))
+    if name != "llama3_json":
+        assert not matcher_for(auto, f"Sure. {fmt.trigger} no json here")
+    else:  # a call is the whole output: text may not start like one
+        assert not matcher_for(auto, '{"text": 1}')
+        assert not matcher_for(auto, "<|python_tag|>plain text")
+    single = parse_tool_request(
+        {"tools": TOOLS, "tool_choice": "auto", "parallel_tool_calls": False}
+    )
+    assert not matcher_for(fmt.grammar(single), text)  # two calls, one allowed
+
+
+def test_special_trigger_tokens_are_written_as_tokens():
+    """When the trigger is one special token, grammars name the token (``<[id]>``): the model
+    must emit it, as trained, not spell it; other literals stay text."""
+    import transformers
+
+    from radixlm.function_call.formats import token_literal
+
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(FIXTURES, "gpt2"))
+    tok.add_tokens(["<tool_call>"], special_tokens=True)
+    tid = tok.convert_tokens_to_ids("<tool_call>")
+    lit = token_literal(tok)
+    assert lit("<tool_call>") == f"<[{tid}]>" and lit("</tool_call>") == '"</tool_call>"'
+    req = parse_tool_request({"tools": TOOLS, "tool_choice": "auto"})
+    grammar = get_format("hermes").grammar(req, lit)
+    assert f"<[{tid}]>" in grammar and "lead" not in grammar
+
+
 # ---- templates -----------------------------------------------------------------------------
 HISTORY = [
     {"role": "system", "content": "You are a helpful assistant."},
