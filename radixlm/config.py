@@ -351,6 +351,11 @@ class ServerConfig:
         "how the model writes tool calls: hermes (Hermes/Qwen2.5/Qwen3), llama3_json, mistral; "
         "default: the one the chat template implies (requests with tools get a 400 if none)",
     )
+    reasoning_parser: str | None = _opt(
+        None,
+        "split <think>...</think> reasoning from the answer in chat responses "
+        "(reasoning_content): deepseek-r1 or qwen3; constraints then apply after the reasoning",
+    )
     enable_metrics: bool = _opt(False, "serve Prometheus metrics at /metrics")
     decode_log_interval: int = _opt(40, "log one batch-statistics line every N scheduler steps")
     watchdog_timeout: float = _opt(
@@ -380,4 +385,11 @@ class ServerConfig:
                 get_format(self.tool_call_parser)
             except KeyError as e:
                 raise ConfigError(str(e.args[0])) from e
+        if self.reasoning_parser is not None:
+            from radixlm.reasoning import get_reasoning_format
+
+            try:
+                get_reasoning_format(self.reasoning_parser)
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
         return self

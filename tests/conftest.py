@@ -86,6 +86,27 @@ def make_tiny_model(path: str, arch: str, seed: int = 0) -> str:
     return path
 
 
+def make_tiny_model_with_tokens(
+    path: str, tokens: list[str], special: bool, arch: str = "qwen2", seed: int = 5
+) -> str:
+    """A tiny model whose tokenizer adds ``tokens`` after the bundled vocabulary (ids 512, 513,
+    ...), as special tokens or as plain added tokens (Qwen3 has ``<think>`` as the latter);
+    the embedding has room for up to 8."""
+    import torch
+    import transformers
+
+    assert len(tokens) <= 8
+    tok = transformers.AutoTokenizer.from_pretrained(BUNDLED_MODEL)
+    tok.add_tokens(tokens, special_tokens=special)
+    config = _tiny_config(arch)
+    config.vocab_size = VOCAB + 8
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 TINY_ARCHS = ("llama", "llama_tied", "mistral", "qwen2", "qwen3")
 
 

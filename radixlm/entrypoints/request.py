@@ -66,6 +66,7 @@ def build_requests(
     vocab_size: int,
     cache_salt: str | list[str] | None = None,
     extra_key: str | list[str] | None = None,
+    reasoning_markers: tuple[int, int] | None = None,
 ) -> tuple[list[TokenizedRequest], list[RequestMeta], bool]:
     """Returns (requests to submit, their metadata in output order, whether the call is a batch)."""
     if (text is None) == (input_ids is None):
@@ -148,6 +149,7 @@ def build_requests(
                     seed_offset=k,
                     cache_salt=salt_items[i],
                     extra_key=extra_items[i],
+                    reasoning_markers=reasoning_markers,
                 )
             )
             metas.append(

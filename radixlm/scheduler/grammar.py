@@ -20,8 +20,10 @@ import torch
 
 from radixlm.config import EngineConfig
 from radixlm.constrained.jump_forward import retokenize_with_forced
+from radixlm.constrained.reasoning_gate import ReasoningGate
 from radixlm.engine.transfer import pinned_to_device
 from radixlm.errors import GrammarError, RequestError
+from radixlm.reasoning import prompt_phase
 from radixlm.scheduler.batch import ScheduleBatch
 from radixlm.scheduler.req import Req
 
@@ -107,6 +109,10 @@ class GrammarManager:
             try:
                 req.compiled_grammar = job.result()
                 req.grammar = req.compiled_grammar.matcher()
+                if req.reasoning_markers is not None:
+                    start, end = req.reasoning_markers
+                    phase = prompt_phase(req.origin_input_ids, start, end)
+                    req.grammar = ReasoningGate(req.grammar, start, end, phase, req.stop_ids)
                 ready.append(req)
             except GrammarError as e:
                 failed.append((req, e))
@@ -135,6 +141,8 @@ class GrammarManager:
         reason = req.finished_reason.type if req.finished_reason else None
         if reason == "stop":
             ids = list(req.output_ids)
+            if isinstance(req.grammar, ReasoningGate):  # only the answer is constrained
+                ids = ids[req.grammar.content_start :]
             while ids and ids[-1] in req.stop_ids:
                 ids.pop()
             text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -28,6 +28,9 @@ class TokenizedRequest:
     # Prefix-cache namespace: requests share cached KV only when both fields are equal.
     cache_salt: str | None = None
     extra_key: str | None = None
+    # ``require_reasoning``: (start, end) token ids of the thinking markers; the request's
+    # constraint applies only after the reasoning (constrained/reasoning_gate.py).
+    reasoning_markers: tuple[int, int] | None = None
 
 
 @dataclass

@@ -103,6 +103,7 @@ class Req:
     grammar: Any = None
     compiled_grammar: Any = None
     constraint_report: dict[str, Any] | None = None  # set when a constrained request finishes
+    reasoning_markers: tuple[int, int] | None = None  # the constraint starts after </think>
     error_status: int | None = None  # set when the request fails for a client error (400)
 
     @classmethod
@@ -134,6 +135,7 @@ class Req:
             top_logprobs_num=tr.top_logprobs_num if tr.return_logprob else 0,
             seed_offset=tr.seed_offset,
             grammar_spec=spec,
+            reasoning_markers=tr.reasoning_markers if spec is not None else None,
             cache_namespace=(
                 (tr.extra_key, tr.cache_salt)
                 if tr.extra_key is not None or tr.cache_salt is not None

@@ -87,7 +87,7 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
 
     from radixlm.server.chat_template import resolve_chat_template
     from radixlm.server.http_server import create_app
-    from radixlm.server.tool_setup import tool_format_for
+    from radixlm.server.tool_setup import reasoning_for, tool_format_for
     from radixlm.tokenizer import load_tokenizer
 
     ipc = IpcNames.create()
@@ -137,6 +137,7 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
             children,
             chat_template=template,
             tool_format=tool_format_for(server_config.tool_call_parser, template),
+            reasoning=reasoning_for(server_config.reasoning_parser, tokenizer),
         )
         if server_config.enable_metrics:
             from radixlm.server.metrics import ServerMetrics

@@ -51,6 +51,7 @@ class GenerateBackend(Protocol):
     context_length: int
     chat_template: ChatTemplate
     tool_format: Any  # the server's ToolCallFormat, or None (requests with tools are refused)
+    reasoning: Any  # the server's ReasoningSetup (--reasoning-parser), or None
 
     def check_strict_schema(self, schema: str) -> None:
         """Raise a RequestError naming what the grammar backend cannot enforce exactly."""

@@ -25,6 +25,7 @@ from typing import Any
 from radixlm.errors import RadixLMError, RequestError
 from radixlm.function_call.formats import ToolCallFormat, token_literal, trigger_is_special
 from radixlm.function_call.tools import ToolRequest, ToolSpecError, parse_tool_request
+from radixlm.reasoning import ReasoningFormat, prompt_phase
 from radixlm.server.chat_template import render_chat, split_stops
 
 MAX_TOP_LOGPROBS = 20
@@ -64,6 +65,10 @@ class OpenAICall:
     # parsed with (openai_results turns calls into ``tool_calls``)
     tools: ToolRequest | None = None
     tool_format: ToolCallFormat | None = None
+    # --reasoning-parser: each choice's text splits into reasoning and content; ``inside``:
+    # the prompt leaves the model inside a thinking block
+    reasoning: ReasoningFormat | None = None
+    reasoning_inside: bool = False
 
     @property
     def object_name(self) -> str:
@@ -269,7 +274,32 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     call.native["input_ids"] = ids
     if fmt is not None:
         call.tools, call.tool_format = tools, fmt
+    _reasoning(body, backend, call, ids, constrained=bool(sp.get("ebnf") or sp.get("regex")
+               or sp.get("json_schema")))  # fmt: skip
     return call
+
+
+def _reasoning(
+    body: dict[str, Any], backend: Any, call: OpenAICall, ids: list[int], constrained: bool
+) -> None:
+    """With ``--reasoning-parser``: the response splits the thinking into ``reasoning_content``
+    (unless ``separate_reasoning: false``), and a constraint (response_format, tools) applies
+    to the answer after the reasoning (``require_reasoning``)."""
+    setup = getattr(backend, "reasoning", None)
+    if setup is None:
+        return
+    if constrained:
+        call.native["require_reasoning"] = True
+    if _bool(body, "separate_reasoning", default=True):
+        fmt, tok = setup.fmt, backend.tokenizer
+        call.reasoning = fmt
+        if setup.marker_ids is not None:
+            call.reasoning_inside = prompt_phase(ids, *setup.marker_ids) == "thinking"
+        else:
+            call.reasoning_inside = fmt.starts_inside(tok.decode(ids, skip_special_tokens=False))
+        special = set(getattr(tok, "all_special_ids", None) or [])
+        if setup.marker_ids is not None and special.intersection(setup.marker_ids):
+            call.native["sampling_params"]["skip_special_tokens"] = False  # keep the markers
 
 
 def _tool_constraints(tools: ToolRequest, sp: dict[str, Any], backend: Any) -> ToolCallFormat:

@@ -20,6 +20,7 @@ from typing import Any
 from radixlm.errors import RadixLMError
 from radixlm.function_call.formats import ToolCall
 from radixlm.function_call.streaming import ToolStream
+from radixlm.reasoning import ReasoningStream
 from radixlm.server.openai_protocol import OpenAICall
 
 
@@ -142,13 +143,18 @@ def build_response(call: OpenAICall, item: dict | list[dict]) -> dict[str, Any]:
             if call.logprobs is not None:
                 lp = completion_logprobs(*_entries(meta, echo), 0)[0]
         else:
-            choice["message"] = {"role": "assistant", "content": r["text"]}
+            text, reasoning = r["text"], None
+            if call.reasoning is not None:
+                reasoning, text = call.reasoning.split(text, call.reasoning_inside)
+            choice["message"] = {"role": "assistant", "content": text}
             if call.tool_format is not None:
-                parsed = call.tool_format.parse(r["text"])
+                parsed = call.tool_format.parse(text)
                 calls = list(parsed.calls)[: None if call.tools.parallel else 1]
                 if calls:
                     choice["message"] = _tool_message(call, parsed.content, calls)
                     reason = _tool_finish(call, reason)
+            if call.reasoning is not None:
+                choice["message"]["reasoning_content"] = reasoning or None
             if call.logprobs is not None:
                 lp = chat_logprobs(*_entries(meta, False))
         choice.update(logprobs=lp, finish_reason=reason, matched_stop=matched)
@@ -185,6 +191,7 @@ class _ChoiceState:
     done: bool = False
     meta: dict[str, Any] | None = None
     tools: ToolStream | None = None  # chat with tools: splits the text into content and calls
+    reasoning: ReasoningStream | None = None  # --reasoning-parser: thinking apart from content
     calls_out: int = 0  # tool calls sent (their stream indices are 0..calls_out-1)
 
 
@@ -199,9 +206,11 @@ class StreamState:
     def __init__(self, call: OpenAICall) -> None:
         self.call = call
         self.choices = [_ChoiceState() for _ in range(call.n * call.num_prompts)]
-        if call.tool_format is not None:
-            for c in self.choices:
+        for c in self.choices:
+            if call.tool_format is not None:
                 c.tools = ToolStream(call.tool_format)
+            if call.reasoning is not None:
+                c.reasoning = ReasoningStream(call.reasoning, call.reasoning_inside)
         self.obj = "text_completion" if call.kind == "completion" else "chat.completion.chunk"
 
     @property
@@ -231,6 +240,9 @@ class StreamState:
         reason, matched = finish_reason(meta)
         st.meta = meta
         text = chunk["text"]
+        thought = ""  # reasoning_content delta
+        if st.reasoning is not None:  # from here on ``text`` is the content
+            thought, text = st.reasoning.feed(text, final=reason is not None)
         # NOTE: the backend's cumulative text only grows (stop strings are held back until
         # trimmed); if it ever shrank, nothing already sent could be taken back anyway.
         delta = text[st.sent :]
@@ -254,12 +266,14 @@ class StreamState:
             delta, calls = ev.content, self._allowed_calls(st, ev.calls)
             if st.calls_out + len(calls) and st.done:
                 reason = _tool_finish(self.call, reason)
-        if not (delta or prefix or lp or st.done or calls):
+        if not (delta or prefix or lp or st.done or calls or thought):
             return []
         if completion:
             choice: dict[str, Any] = {"index": i, "text": prefix + delta}
         else:
             choice = {"index": i, "delta": {"content": delta} if delta else {}}
+            if thought:
+                choice["delta"]["reasoning_content"] = thought
         choice.update(logprobs=lp, finish_reason=reason, matched_stop=matched)
         if st.done and "constraint" in meta:
             choice["constraint"] = meta["constraint"]
@@ -267,7 +281,7 @@ class StreamState:
             return [self._chunk([choice])]
         # content first, then the calls, then the finish
         out = []
-        if delta or lp:
+        if delta or lp or thought:
             out.append(self._chunk([{**choice, "finish_reason": None, "matched_stop": None}]))
         out += [self._chunk([c]) for c in self._call_deltas(i, st, calls)]
         if st.done:

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 GENERATE_FIELDS = {
     "text", "input_ids", "sampling_params", "rid", "return_logprob", "logprob_start_len",
     "top_logprobs_num", "return_text_in_logprobs", "stream", "cache_salt", "extra_key",
+    "require_reasoning",
 }  # fmt: skip
 NULL_ONLY_FIELDS = {
     "input_embeds", "image_data", "video_data", "audio_data", "lora_path", "session_params",
@@ -92,6 +93,7 @@ class TokenizerManager:
         metrics: Any | None = None,
         chat_template: Any = None,
         tool_format: Any = None,
+        reasoning: Any = None,
     ) -> None:
         self.engine_config = engine_config
         self.server_config = server_config
@@ -102,6 +104,8 @@ class TokenizerManager:
         self.metrics = metrics
         self.chat_template = chat_template
         self.tool_format = tool_format  # radixlm.function_call.formats.ToolCallFormat | None
+        # radixlm.server.tool_setup.ReasoningSetup | None (--reasoning-parser)
+        self.reasoning = reasoning
         self.context_length = ready.context_length
         self.vocab_size = ready.vocab_size
         self.served_model_name = server_config.served_model_name or os.path.basename(
@@ -210,7 +214,7 @@ class TokenizerManager:
         for k in NULL_ONLY_FIELDS:
             if obj.get(k) not in (None, [], {}):
                 raise RequestError(f"field {k!r} is not supported by this server")
-        for k in ("return_text_in_logprobs", "stream"):
+        for k in ("return_text_in_logprobs", "stream", "require_reasoning"):
             if obj.get(k) is not None and not isinstance(obj[k], bool):
                 raise RequestError(f"{k} must be true or false, got {obj[k]!r}")
         requests, metas, is_batch = build_requests(
@@ -227,6 +231,7 @@ class TokenizerManager:
             vocab_size=self.vocab_size,
             cache_salt=obj.get("cache_salt"),
             extra_key=obj.get("extra_key"),
+            reasoning_markers=self._reasoning_markers(obj.get("require_reasoning")),
         )
         for r in requests:
             if len(r.input_ids) >= self.context_length:
@@ -243,6 +248,23 @@ class TokenizerManager:
             ):
                 self.check_strict_schema(r.sampling.json_schema)
         return requests, metas, is_batch
+
+    def _reasoning_markers(self, require_reasoning: bool | None) -> tuple[int, int] | None:
+        """``require_reasoning``: the constraint applies after the model's reasoning."""
+        if not require_reasoning:
+            return None
+        if self.reasoning is None:
+            raise RequestError(
+                "require_reasoning needs a server started with --reasoning-parser "
+                "(deepseek-r1 | qwen3)"
+            )
+        if self.reasoning.marker_ids is None:
+            fmt = self.reasoning.fmt
+            raise RequestError(
+                f"require_reasoning: {fmt.start!r} / {fmt.end!r} are not single tokens of this "
+                "model's tokenizer, so a constraint cannot start where the reasoning ends"
+            )
+        return self.reasoning.marker_ids
 
     def check_strict_schema(self, schema: str) -> None:
         """A 400 now, naming each keyword and its JSON pointer, for a JSON schema this server's

@@ -57,29 +57,12 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 PROMPTS = ["Weather in Paris?", "Add 2 and 3.", "Hello", "What now?", "Tell me a story."]
 
 
-def _model_with_tool_tokens(root) -> str:
-    """A tiny qwen2 whose tokenizer adds ``<tool_call>`` / ``</tool_call>`` as special tokens
-    (ids 512 and 513; the embedding has room for them)."""
-    import torch
-    import transformers
-
-    from radixlm.config import BUNDLED_MODEL
-    from tests.conftest import _tiny_config
-
-    path = str(root / "qwen2_tool_tokens")
-    tok = transformers.AutoTokenizer.from_pretrained(BUNDLED_MODEL)
-    tok.add_tokens(["<tool_call>", "</tool_call>"], special_tokens=True)
-    config = _tiny_config("qwen2")
-    config.vocab_size = 520
-    torch.manual_seed(5)
-    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def special_server(start_server, tmp_path_factory):
-    path = _model_with_tool_tokens(tmp_path_factory.mktemp("tool_tokens"))
+    from tests.conftest import make_tiny_model_with_tokens
+
+    root = tmp_path_factory.mktemp("tool_tokens")
+    path = make_tiny_model_with_tokens(str(root), ["<tool_call>", "</tool_call>"], special=True)
     return start_server(
         "--model-path", path, "--served-model-name", "tiny",
         "--chat-template", os.path.join(TEMPLATES, "hermes.jinja"), "--context-length", "4096",
