@@ -25,10 +25,12 @@ from radixlm_lang.ir import (
     RoleBegin,
     RoleEnd,
     Select,
+    ToolMessage,
     as_tuple,
     normalize_dtype,
     role_block,
 )
+from radixlm_lang.tools import make_tool_spec
 
 
 def _json_schema_str(schema: Any) -> str | None:
@@ -64,8 +66,26 @@ def gen(
     choices_method: Callable[..., Any] | None = None,
     regex: str | None = None,
     json_schema: Any = None,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] | None = None,
+    parallel_tool_calls: bool | None = None,
 ) -> Expr:
-    """A generation. With ``choices`` it is a ``select`` (temperature defaults to 0)."""
+    """A generation. With ``choices`` it is a ``select`` (temperature defaults to 0).
+
+    With ``tools`` (OpenAI tool objects ``{"type": "function", "function": {"name",
+    "description", "parameters"}}``), ``tool_choice`` (``"auto"``, the default with tools;
+    ``"required"``; ``"none"``; or ``{"type": "function", "function": {"name": ...}}``) and
+    ``parallel_tool_calls`` (default True) the model may call tools, as on
+    ``/v1/chat/completions``: the gen must be the first thing in an assistant turn, and its
+    prompt is the program's ``messages`` rendered by the model's chat template with the tools.
+    The variable holds the assistant text without the calls (``""`` when the output is only
+    calls); ``s.tool_calls(name)`` gives the calls as OpenAI dicts (``[]`` for none; also
+    ``s.get_meta_info(name)["tool_calls"]``), and the assistant message in ``s.messages()``
+    carries them as ``tool_calls``. Add results with ``sgl.tool(result, tool_call_id=...)``.
+    The arguments are validated now (``ValueError``)."""
+    tool_spec = make_tool_spec(tools, tool_choice, parallel_tool_calls)
+    if tool_spec is not None and choices is not None:
+        raise ValueError("gen takes either choices or tools, not both")
     if choices is not None:
         return select(
             name,
@@ -105,7 +125,7 @@ def gen(
         if fields[key] is not None:
             fields[key] = as_tuple(fields[key])  # the node stays immutable and hashable
     overrides = tuple((k, v) for k, v in fields.items() if v is not None)
-    return Gen(name, overrides)
+    return Gen(name, overrides, tool_spec)
 
 
 def gen_int(name: str | None = None, **kwargs: Any) -> Expr:
@@ -171,6 +191,14 @@ def user(expr: Expr | str | None = None) -> ExprList:
 
 def assistant(expr: Expr | str | None = None) -> ExprList:
     return role_block("assistant", expr)
+
+
+def tool(content: Any, tool_call_id: str | None = None, name: str | None = None) -> ToolMessage:
+    """A ``tool`` message: the result of the call ``tool_call_id`` (the ``id`` of one of
+    ``s.tool_calls(var)``). ``content`` is a str; anything else is sent as its JSON."""
+    if not isinstance(content, str):
+        content = json.dumps(content, ensure_ascii=False)
+    return ToolMessage(content, tool_call_id, name)
 
 
 def system_begin() -> RoleBegin:

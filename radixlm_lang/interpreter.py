@@ -40,10 +40,12 @@ from radixlm_lang.ir import (
     RoleEnd,
     SamplingParams,
     Select,
+    ToolMessage,
     VarScopeBegin,
     VarScopeEnd,
     defined_names,
 )
+from radixlm_lang.tools import ToolOutput, ToolPositionError
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class StreamExecutor:
         self.submitted_names: list[str] = []  # names defined by this executor (fork-join gathers)
         self.cur_role: str | None = None
         self.cur_role_begin_pos = 0
+        # the open assistant turn's tool gen: (end of its raw output in text_, content, calls)
+        self.cur_tool_turn: tuple[int, str, list[dict[str, Any]]] | None = None
         self.var_scope_begin: dict[str, int] = {}
         self.fork_start_text_pos = 0
         self.trace: list[dict[str, Any]] = []
@@ -174,6 +178,7 @@ class StreamExecutor:
                 child.meta_info = dict(self.meta_info)
                 child.cur_role = self.cur_role
                 child.cur_role_begin_pos = self.cur_role_begin_pos
+                child.cur_tool_turn = self.cur_tool_turn
                 child.var_scope_begin = dict(self.var_scope_begin)
                 child.fork_start_text_pos = len(self.text_)
                 self.children.append(child)
@@ -236,6 +241,11 @@ class StreamExecutor:
             self._role_begin(expr.role)
         elif isinstance(expr, RoleEnd):
             self._role_end(expr.role)
+        elif isinstance(expr, ToolMessage):
+            self._role_begin("tool")
+            self._fill(expr.content)
+            extra = {"tool_call_id": expr.tool_call_id, "name": expr.name}
+            self._role_end("tool", {k: v for k, v in extra.items() if v is not None})
         elif isinstance(expr, Image):
             with self.cond:
                 self.images_.append(expr.data)
@@ -275,8 +285,10 @@ class StreamExecutor:
         prompt_text: str,
         params: dict[str, Any],
         fn: Callable[[], tuple[Any, dict[str, Any]]],
+        trace_fields: Callable[[Any], dict[str, Any]] | None = None,
     ) -> tuple[Any, dict[str, Any]]:
-        """Run one backend call and record it in the trace (also when it raises)."""
+        """Run one backend call and record it in the trace (also when it raises);
+        ``trace_fields(output)`` gives entries that replace the recorded ones."""
         start = time.time()
         t0 = time.perf_counter()
         entry: dict[str, Any] = {
@@ -294,6 +306,8 @@ class StreamExecutor:
             raise
         else:
             entry.update(output=output, meta_info=meta, error=None)
+            if trace_fields is not None:
+                entry.update(trace_fields(output))
         finally:
             entry["latency"] = time.perf_counter() - t0
             entry["cached_tokens"] = (entry.get("meta_info") or {}).get("cached_tokens")
@@ -302,6 +316,9 @@ class StreamExecutor:
         return output, meta
 
     def _gen(self, expr: Gen) -> None:
+        if expr.tools is not None:
+            self._gen_tools(expr)
+            return
         params = self.resolve_sampling_params(expr)
         prompt = self._prompt()
         name = expr.name
@@ -332,6 +349,43 @@ class StreamExecutor:
         if name is not None:
             self.set_var(name, output, meta)
 
+    def _gen_tools(self, expr: Gen) -> None:
+        """A gen that may call tools: one chat turn (never streamed in pieces). The text gets
+        the backend's raw output; the variable the content; meta_info the ``tool_calls``."""
+        if self.cur_role != "assistant" or self.text_[self.cur_role_begin_pos :].strip():
+            raise ToolPositionError(
+                "a gen with tools must come right after an assistant turn begins "
+                "(s += sgl.assistant(sgl.gen('x', tools=...))): its prompt is the chat so far, "
+                "rendered by the model's chat template with the tools"
+            )
+        if self.cur_images:
+            raise ValueError("a gen with tools cannot follow an image in the same turn")
+        params = self.resolve_sampling_params(expr)
+        if params.n != 1:
+            raise ValueError("a gen with tools takes n=1; use s.fork(n) for several samples")
+        prompt = self._prompt()
+        spec = expr.tools
+        record = {**params.to_native(), **params.logprob_kwargs(), **spec.summary()}
+
+        def call() -> tuple[ToolOutput, dict[str, Any]]:
+            out = self.backend.generate_tools(prompt, params, spec)
+            return out, {**out.meta_info, "tool_calls": out.calls}
+
+        def trace_fields(out: ToolOutput) -> dict[str, Any]:
+            fields: dict[str, Any] = {"output": out.text, "tool_calls": out.calls}
+            if out.prompt_text is not None:
+                fields["prompt"] = out.prompt_text
+            return fields
+
+        out, meta = self._call("generate", expr.name, prompt.text, record, call, trace_fields)
+        self._fill(out.text)
+        with self.cond:
+            self.cur_tool_turn = (len(self.text_), out.content, out.calls) if out.calls else None
+            if self.stream and expr.name is not None:
+                self.partial[expr.name] = out.content
+        if expr.name is not None:
+            self.set_var(expr.name, out.content, meta)
+
     def _select(self, expr: Select) -> None:
         prompt = self._prompt()
         method = expr.choices_method or token_length_normalized
@@ -361,13 +415,22 @@ class StreamExecutor:
         self.cur_role = role
         self.cur_role_begin_pos = len(self.text_)
 
-    def _role_end(self, role: str) -> None:
+    def _role_end(self, role: str, extra: dict[str, Any] | None = None) -> None:
+        """Close ``role``; its message gets ``extra`` fields (a tool message's id), and an
+        assistant turn whose tool gen made calls gets ``tool_calls`` and, as content, the gen's
+        content plus any text after the gen (the raw call text is not content)."""
         if self.cur_role != role:
             raise ValueError(f"{role}_end without a matching {role}_begin (open: {self.cur_role})")
         content = self.text_[self.cur_role_begin_pos :].lstrip()
+        tool_turn = self.cur_tool_turn
+        if tool_turn is not None:
+            end, gen_content, _ = tool_turn
+            content = (gen_content + self.text_[end:]).lstrip()
         _, suffix = self.chat_template.get_prefix_and_suffix(role, self.messages_)
         self._fill(suffix)
-        message: dict[str, Any] = {"role": role, "content": content}
+        message: dict[str, Any] = {"role": role, "content": content, **(extra or {})}
+        if tool_turn is not None:
+            message["tool_calls"] = tool_turn[2]
         if self.cur_images:
             parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
             for url in self.cur_images:
@@ -377,4 +440,5 @@ class StreamExecutor:
             self.messages_.append(message)
             self.cur_images = []
             self.cur_role = None
+            self.cur_tool_turn = None
             self.cond.notify_all()

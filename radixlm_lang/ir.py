@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from radixlm_lang.tools import ToolSpec
+
 logger = logging.getLogger(__name__)
 
 # SamplingParams fields that are top-level /generate fields, not ``sampling_params`` entries.
@@ -189,10 +191,12 @@ class ExprList(Expr):
 
 @dataclass(frozen=True)
 class Gen(Expr):
-    """A generation; ``overrides`` are the (name, value) pairs the gen set (never None)."""
+    """A generation; ``overrides`` are the (name, value) pairs the gen set (never None);
+    ``tools``: the tools the model may call (a chat turn, see ``radixlm_lang.tools``)."""
 
     name: str | None
     overrides: tuple[tuple[str, Any], ...] = ()
+    tools: ToolSpec | None = None
 
     def resolve(self, defaults: SamplingParams) -> SamplingParams:
         return defaults.override(**dict(self.overrides))
@@ -220,6 +224,15 @@ def role_block(role: str, expr: Expr | str | None = None) -> ExprList:
     """``expr`` between the begin and end of ``role`` (an empty block when ``expr`` is None)."""
     inner = () if expr is None else (expr,)
     return ExprList.of(RoleBegin(role), *inner, RoleEnd(role))
+
+
+@dataclass(frozen=True)
+class ToolMessage(Expr):
+    """A ``tool`` role message: a tool's result, answering the call ``tool_call_id``."""
+
+    content: str
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,12 @@ class ExprWriter:
     def assistant(self, expr: Expr | str | None = None):
         return self._role("assistant", expr)
 
+    def tool(self, content: Any, tool_call_id: str | None = None, name: str | None = None) -> None:
+        """Add a ``tool`` message (the result of the call ``tool_call_id``); see ``sgl.tool``."""
+        from radixlm_lang.api import tool
+
+        self._submit(tool(content, tool_call_id, name))
+
     def var_scope(self, name: str):
         """Everything added inside the ``with`` block becomes variable ``name``."""
         return self._scope(VarScopeBegin(name), VarScopeEnd(name))
@@ -111,6 +117,17 @@ class ProgramState(ExprWriter):
         if event is not None:
             event.wait()
         return self.stream_executor.meta_info.get(name)
+
+    def tool_calls(self, name: str) -> list[dict[str, Any]]:
+        """The tool calls of the gen ``name`` (one made with ``tools=``), as OpenAI dicts
+        ``{"id", "type": "function", "function": {"name", "arguments"}}`` with ``arguments``
+        a JSON string; ``[]`` when it made none. Blocks like ``s[name]``. After a fork's
+        ``join``, one list per branch."""
+        self.get_var(name)
+        meta = self.get_meta_info(name)
+        if isinstance(meta, list):
+            return [list((m or {}).get("tool_calls") or []) for m in meta]
+        return list((meta or {}).get("tool_calls") or [])
 
     def text(self) -> str:
         self.sync()

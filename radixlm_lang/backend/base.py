@@ -46,6 +46,17 @@ class Backend(ABC):
     def generate(self, prompt: Prompt, params: Any) -> tuple[str, dict[str, Any]]:
         """The completion text of one ``gen`` and its ``meta_info``."""
 
+    def generate_tools(self, prompt: Prompt, params: Any, tools: Any) -> Any:
+        """One chat turn in which the model may call ``tools`` (a
+        ``radixlm_lang.tools.ToolSpec``): a ``ToolOutput`` (text, content, OpenAI-form calls).
+        ``prompt.messages`` is the chat so far; the assistant turn has just begun."""
+        from radixlm_lang.tools import ToolsUnsupportedError
+
+        raise ToolsUnsupportedError(
+            f"the {type(self).__name__} backend cannot serve gens with tools; use EngineBackend, "
+            "RuntimeEndpoint or an OpenAI chat backend"
+        )
+
     def generate_stream(self, prompt: Prompt, params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (new text delta, meta_info so far); default: one chunk from ``generate``."""
         yield self.generate(prompt, params)

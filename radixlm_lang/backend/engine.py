@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radixlm_lang.backend.native import NativeBackend
+from radixlm_lang.tools import ChatToolRenderer
 
 logger = logging.getLogger(__name__)
 
@@ -283,15 +284,25 @@ class EngineService:
 
 
 class EngineBackend(NativeBackend):
-    """``EngineBackend(engine=None, chat_template_name=None, **engine_options)``.
+    """``EngineBackend(engine=None, chat_template_name=None, tool_chat_template=None,
+    tool_call_parser=None, **engine_options)``.
 
     Without ``engine`` one is built with ``radixlm.Engine(**engine_options)`` (the bundled
     stories260K model by default) and shut down with the backend. While the backend runs it
     owns the engine: do not call the engine directly (use ``run_on_engine``).
+
+    Gens with tools are rendered by ``tool_chat_template`` (as the server's ``--chat-template``:
+    a registered name or a Jinja file; default the tokenizer's own) and parsed in the format
+    ``tool_call_parser`` (as ``--tool-call-parser``; default the one the template implies).
     """
 
     def __init__(
-        self, engine: Any = None, chat_template_name: str | None = None, **engine_options: Any
+        self,
+        engine: Any = None,
+        chat_template_name: str | None = None,
+        tool_chat_template: str | None = None,
+        tool_call_parser: str | None = None,
+        **engine_options: Any,
     ) -> None:
         self._owns_engine = engine is None
         if engine is None:
@@ -303,7 +314,17 @@ class EngineBackend(NativeBackend):
         self.engine = engine
         self.model_path = str(engine.config.model_path)
         self.chat_template_name = chat_template_name
+        self.tool_chat_template = tool_chat_template
+        self.tool_call_parser = tool_call_parser
+        self._tool_renderer: ChatToolRenderer | None = None
         self.service = EngineService(engine)
+
+    def tool_renderer(self) -> ChatToolRenderer:
+        if self._tool_renderer is None:
+            self._tool_renderer = ChatToolRenderer.resolve(
+                self.engine.tokenizer, self.tool_chat_template, self.tool_call_parser
+            )
+        return self._tool_renderer
 
     def _call(self, body: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         return self.service.generate(body)

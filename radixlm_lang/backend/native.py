@@ -23,6 +23,7 @@ from radixlm_lang.backend.base import Backend, ChoicesDecision, Prompt
 from radixlm_lang.chat_template import get_chat_template, get_chat_template_by_model_path
 from radixlm_lang.choices import heal_and_normalize, token_length_normalized
 from radixlm_lang.global_config import global_config
+from radixlm_lang.tools import ChatToolRenderer, ToolOutput, ToolsUnsupportedError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,13 @@ class NativeBackend(Backend):
     def _stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Run a ``/generate`` body (``stream`` already set) yielding cumulative results."""
 
+    def tool_renderer(self) -> ChatToolRenderer:
+        """The model's chat template, tokenizer and tool-call format, for gens with tools
+        (subclasses resolve them as the server does)."""
+        raise ToolsUnsupportedError(
+            f"{type(self).__name__} has no chat template to render tools with"
+        )
+
     # ---- bodies ------------------------------------------------------------------------------
     def build_body(self, prompt: Prompt, params: Any) -> dict[str, Any]:
         """The ``/generate`` body of one ``gen``: text, sampling params, logprob fields, image."""
@@ -92,6 +100,24 @@ class NativeBackend(Backend):
         out = self._call(self.build_body(prompt, params))
         out = _single(out)
         return out["text"], out["meta_info"]
+
+    def generate_tools(self, prompt: Prompt, params: Any, tools: Any) -> ToolOutput:
+        """The chat-completions path for a tool gen: ``prompt.messages`` rendered with the tools
+        and tokenized like ``render_chat``, sent as ``input_ids`` with the template's stops and
+        the format's grammar (``ebnf``), the output parsed by the format."""
+        if prompt.images:
+            raise ValueError("a gen with tools cannot be sent with images on a native backend")
+        renderer = self.tool_renderer()
+        ids, text = renderer.render(prompt.messages, tools)
+        sp = {
+            "skip_special_tokens": global_config.skip_special_tokens_in_output,
+            "spaces_between_special_tokens": global_config.spaces_between_special_tokens_in_out,
+            **params.to_native(),
+        }
+        renderer.constrain(sp, tools)
+        body = {"input_ids": ids, "sampling_params": sp, **params.logprob_kwargs()}
+        out = _single(self._call(body))
+        return renderer.parse(out["text"], out["meta_info"], tools, text)
 
     def generate_stream(self, prompt: Prompt, params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (delta, meta_info); deltas are cut from the server's cumulative text."""

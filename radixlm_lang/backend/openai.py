@@ -19,6 +19,7 @@ from typing import Any
 from radixlm_lang.backend.base import Backend, ChoicesDecision, Prompt
 from radixlm_lang.chat_template import get_chat_template_by_model_path
 from radixlm_lang.choices import heal_and_normalize, token_length_normalized
+from radixlm_lang.tools import ToolOutput, ToolsUnsupportedError
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,38 @@ class OpenAI(Backend):
             "completion_tokens": resp.usage.completion_tokens if resp.usage else None,
         }
         return (texts[0] if len(texts) == 1 else texts), meta
+
+    def generate_tools(self, prompt: Prompt, params: Any, tools: Any) -> ToolOutput:
+        """A chat completion with the gen's ``tools`` / ``tool_choice`` /
+        ``parallel_tool_calls`` as given; the calls are read from ``message.tool_calls``."""
+        if not self.is_chat_model:
+            raise ToolsUnsupportedError(
+                f"{self.model_name!r} is used as a completion model; tool calls need the chat "
+                "API (is_chat_model=True)"
+            )
+        kwargs = self._request(prompt, params)
+        if kwargs.get("n", 1) != 1:
+            raise ValueError("a gen with tools takes n=1")
+        kwargs.update(tools.body)
+        resp = self._create(kwargs)
+        choice = resp.choices[0]
+        msg = choice.message
+        calls = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
+            for c in msg.tool_calls or []
+        ]
+        meta = {
+            "id": resp.id,
+            "finish_reason": choice.finish_reason,
+            "prompt_tokens": resp.usage.prompt_tokens if resp.usage else None,
+            "completion_tokens": resp.usage.completion_tokens if resp.usage else None,
+        }
+        content = msg.content or ""
+        return ToolOutput(content, content, calls, meta)
 
     def generate_stream(self, prompt: Prompt, params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         kwargs = self._request(prompt, params)

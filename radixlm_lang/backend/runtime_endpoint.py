@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from radixlm_lang.backend.native import NativeBackend
+from radixlm_lang.tools import ChatToolRenderer, ToolsUnsupportedError
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,13 @@ class RuntimeEndpoint(NativeBackend):
 
     The chat template comes from ``chat_template_name`` or else from the server's
     ``/get_model_info`` ``model_path``.
+
+    Gens with tools are rendered client-side exactly as the server's chat path renders them,
+    and sent as token ids: the tokenizer is loaded from ``tokenizer_path`` (default: the
+    server's, which must then be readable here), the Jinja template is ``tool_chat_template``
+    (default: the server's ``--chat-template``, else the tokenizer's own) and the call format
+    ``tool_call_parser`` (default: the server's ``--tool-call-parser``, else the one the
+    template implies).
     """
 
     def __init__(
@@ -76,6 +84,9 @@ class RuntimeEndpoint(NativeBackend):
         api_key: str | None = None,
         chat_template_name: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        tool_chat_template: str | None = None,
+        tool_call_parser: str | None = None,
+        tokenizer_path: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -83,6 +94,10 @@ class RuntimeEndpoint(NativeBackend):
         self.model_info = self.get("/get_model_info")
         self.model_path = self.model_info["model_path"]
         self.chat_template_name = chat_template_name
+        self.tool_chat_template = tool_chat_template
+        self.tool_call_parser = tool_call_parser
+        self.tokenizer_path = tokenizer_path
+        self._tool_renderer: ChatToolRenderer | None = None
 
     # ---- HTTP ----------------------------------------------------------------------------
     def get(self, path: str) -> Any:
@@ -110,6 +125,34 @@ class RuntimeEndpoint(NativeBackend):
                 yield event
 
     # ---- Backend -------------------------------------------------------------------------
+    def tool_renderer(self) -> ChatToolRenderer:
+        """Resolved once: the options given, else the server's own settings."""
+        if self._tool_renderer is None:
+            info = self.get_server_info()
+            path = self.tokenizer_path or self.model_info.get("tokenizer_path")
+            try:
+                from radixlm.tokenizer import load_tokenizer
+
+                tokenizer = load_tokenizer(path)
+            except Exception as e:  # noqa: BLE001 - any failure means the same fix
+                raise ToolsUnsupportedError(
+                    f"gens with tools render the chat client-side and need the server's "
+                    f"tokenizer, which could not be loaded from {path!r} ({e}); pass "
+                    "tokenizer_path= (a local copy of it) to RuntimeEndpoint"
+                ) from e
+            from radixlm.errors import RadixLMError
+
+            template = self.tool_chat_template or info.get("chat_template")
+            parser = self.tool_call_parser or info.get("tool_call_parser")
+            try:
+                self._tool_renderer = ChatToolRenderer.resolve(tokenizer, template, parser)
+            except (ValueError, RadixLMError) as e:
+                raise ToolsUnsupportedError(
+                    f"cannot resolve the chat template {template!r} for gens with tools ({e}); "
+                    "pass tool_chat_template= (a name or a local Jinja file) to RuntimeEndpoint"
+                ) from e
+        return self._tool_renderer
+
     def flush_cache(self) -> bool:
         """Empty the server's prefix cache; RuntimeError while requests are running."""
         self.post("/flush_cache", {"empty_cache": True})

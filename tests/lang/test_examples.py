@@ -16,7 +16,15 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ARGV = ["--max-total-tokens", "8000", "--num-threads", "1"]
-NAMES = ["react_agent", "json_extraction", "few_shot_select", "tree_of_thought", "multi_turn_chat"]
+NAMES = [
+    "react_agent",
+    "json_extraction",
+    "few_shot_select",
+    "tree_of_thought",
+    "multi_turn_chat",
+    "tool_agent",
+]
+TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 
 
 def load(name: str) -> ModuleType:
@@ -119,3 +127,33 @@ def test_multi_turn_chat_messages_and_streaming() -> None:
     assert all(e["cached_tokens"] > 0 for e in st.trace()[1:])  # later turns hit the cache
     assert chunks and "".join(chunks) == streamed["story"]
     assert streamed.messages()[-1]["content"] == ("Once upon a time," + streamed["story"]).strip()
+
+
+def test_tool_agent_loops_model_tool_model(tiny_models, capsys) -> None:
+    """On a tiny random qwen2 with the hermes test template: the first turn must call, so at
+    least one calculator call runs; each result answers its call by id; the loop ends with an
+    answer; every turn after the first reuses the conversation from the cache."""
+    module = load("tool_agent")
+    argv = [
+        "--model-path",
+        tiny_models["qwen2"],
+        "--chat-template",
+        str(TEMPLATES / "hermes.jinja"),
+    ]
+    st = module.main([*argv, "--context-length", "4096", *ARGV])
+    assert st.error() is None
+    msgs = st.messages()
+    assert [m["role"] for m in msgs[:3]] == ["system", "user", "assistant"]
+    assert msgs[-1]["role"] == "assistant" and "tool_calls" not in msgs[-1]
+    calls = {c["id"]: c for m in msgs for c in m.get("tool_calls", [])}
+    results = [m for m in msgs if m["role"] == "tool"]
+    assert calls and len(results) == len(calls)
+    for r in results:
+        call = calls[r["tool_call_id"]]
+        assert r["name"] == "calculator"
+        args = json.loads(call["function"]["arguments"])
+        jsonschema.validate(args, module.TOOLS[0]["function"]["parameters"])
+        assert json.loads(r["content"]) == module.run_tool(call)
+    assert isinstance(st["answer"], str)
+    assert all(e["cached_tokens"] > 0 for e in st.trace()[1:])
+    assert "answer:" in capsys.readouterr().out
