@@ -15,6 +15,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_linear_weight", &radixlm::pack_linear_weight, "pack W [N, K] into 32-feature tiles");
   m.def("linear_packed", &radixlm::linear_packed, "x @ W^T with a packed W");
   m.def("decode_attention", &radixlm::decode_attention, "paged decode attention from the KV pools");
+  m.def("extend_attention", &radixlm::extend_attention, "paged causal extend attention from the KV pools");
   m.def("set_kv_", &radixlm::set_kv_, "write new tokens' K/V rows into the pools");
   m.def("add_rmsnorm", &radixlm::add_rmsnorm, "residual add + RMSNorm");
   m.def("rope_", &radixlm::rope_, "rotary embedding in place (rotate-half)");

@@ -18,6 +18,10 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                             const at::Tensor& table, const at::Tensor& rows, const at::Tensor& lens,
                             double scale, int64_t window);
+// extend_attention.cpp
+at::Tensor extend_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                            const at::Tensor& table, const at::Tensor& starts, const at::Tensor& prefix,
+                            const at::Tensor& ext, double scale, int64_t window);
 void set_kv_(at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& slots, const at::Tensor& k,
              const at::Tensor& v);
 // elementwise.cpp

@@ -1,12 +1,12 @@
-"""Attention on the native CPU kernels: decode reads K/V straight from the pools by slot index.
+"""Attention on the native CPU kernels: K/V are read straight from the pools by slot index.
 
 Decode: one ``radixlm_cpu.decode_attention`` call per layer over the whole batch, with no
 gather into a padded block, GQA in place, and the KV length split across threads for long
-contexts. Its metadata is a snapshot of the batch's rows of ``req_to_token`` (``[B, max_len]``
-int32, one copy per step), so the scheduler may rewrite the table while the step runs.
-Extend (prefill) is the torch path of :class:`TorchNativeBackend`, computed in fp32: torch's
-CPU flash attention is several times slower in bf16 than in fp32 on CPUs without AMX (2.3 vs
-0.3 ms for 300 tokens x 12 heads here), and fp32 is the more accurate of the two.
+contexts. Extend (prefill, chunked prefill, mixed batches): one
+``radixlm_cpu.extend_attention`` call per layer, causal over each request's cached prefix and
+its new tokens (already written to the pool), tiled flash-style in fp32 with no gather and no
+mask tensor. Both take a snapshot of the batch's rows of ``req_to_token`` (``[B, max_len]``
+int32, one copy per forward), so the scheduler may rewrite the table while the step runs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ from radixlm.attention.base import AttentionLayerSpec
 from radixlm.attention.torch_native import TorchNativeBackend
 from radixlm.engine.forward_batch import ForwardBatch
 from radixlm.errors import ConfigError
+
+
+@dataclass
+class _ExtendMeta:
+    table: torch.Tensor  # [B, max_len] int32: slot of every position of request b
+    starts: torch.Tensor  # [B] int64 offset of request b's new tokens in the batch
+    prefix: torch.Tensor  # [B] int64 cached prefix lengths
+    ext: torch.Tensor  # [B] int64 new tokens
 
 
 @dataclass
@@ -39,7 +47,16 @@ class CpuNativeBackend(TorchNativeBackend):
 
     def init_forward_metadata(self, fb: ForwardBatch) -> None:
         if fb.mode.is_extend():
-            super().init_forward_metadata(fb)
+            prefix, ext = fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu
+            max_len = max(p + e for p, e in zip(prefix, ext))
+            table = fb.req_to_token_pool.req_to_token[fb.req_pool_indices, :max_len]  # copy
+            starts = [0]
+            for e in ext[:-1]:
+                starts.append(starts[-1] + e)
+            as_tensor = lambda x: torch.tensor(x, dtype=torch.int64)  # noqa: E731
+            fb.attn_metadata = _ExtendMeta(
+                table, as_tensor(starts), as_tensor(prefix), as_tensor(ext)
+            )
             return
         max_len = max(fb.seq_lens_cpu)
         table = fb.req_to_token_pool.req_to_token[fb.req_pool_indices, :max_len]  # copy
@@ -63,10 +80,19 @@ class CpuNativeBackend(TorchNativeBackend):
         )
 
     def forward_extend(self, q, k, v, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
-        if q.dtype == torch.float32:
-            return super().forward_extend(q, k, v, layer, fb)
-        # The parent casts the pooled K/V to q's dtype: fp32 here.
-        return super().forward_extend(q.float(), k.float(), v.float(), layer, fb).to(q.dtype)
+        meta: _ExtendMeta = fb.attn_metadata
+        o = self.kernels.extend_attention(
+            q.view(q.shape[0], layer.num_heads, layer.head_dim),
+            fb.kv_pool.k_buffers[layer.layer_id],
+            fb.kv_pool.v_buffers[layer.layer_id],
+            meta.table,
+            meta.starts,
+            meta.prefix,
+            meta.ext,
+            layer.scaling,
+            layer.sliding_window or 0,
+        )  # [T, H, D]
+        return o.view(q.shape[0], layer.num_heads * layer.head_dim)
 
     def forward_decode(self, q, layer: AttentionLayerSpec, fb: ForwardBatch) -> torch.Tensor:
         meta: _DecodeMeta = fb.attn_metadata

@@ -24,7 +24,14 @@ from radixlm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("bindings.cpp", "linear.cpp", "attention.cpp", "elementwise.cpp", "decoder.cpp")
+SOURCES = (
+    "bindings.cpp",
+    "linear.cpp",
+    "attention.cpp",
+    "extend_attention.cpp",
+    "elementwise.cpp",
+    "decoder.cpp",
+)
 # NOTE: -ffp-contract=off keeps each product rounded where the torch reference rounds it (RoPE),
 # so fp32 results agree bit for bit; the GEMM uses explicit FMA intrinsics regardless.
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17")

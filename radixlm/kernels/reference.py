@@ -71,6 +71,41 @@ def decode_attention(
     return out
 
 
+def extend_attention(
+    q: torch.Tensor,  # [T, H, D]: the new tokens of every request, request after request
+    k_pool: torch.Tensor,  # [S, KVH, D] (the new tokens' K/V already written)
+    v_pool: torch.Tensor,
+    table: torch.Tensor,  # [B, C] int32: row b = slots of request b's positions
+    starts: torch.Tensor,  # [B] offset of request b's new tokens in q
+    prefix: torch.Tensor,  # [B] cached prefix lengths
+    ext: torch.Tensor,  # [B] new tokens per request
+    scale: float,
+    window: int,  # <= 0: none
+) -> torch.Tensor:  # [T, H, D] in q's dtype
+    """Causal softmax attention of each new token (position ``prefix + i``) over its request's
+    keys at positions ``[max(0, p - window + 1), p]`` (from 0 without a window), in fp32."""
+    out = torch.empty_like(q)
+    kvh, d = k_pool.shape[1], q.shape[-1]
+    for b in range(starts.shape[0]):
+        s, pre, n = int(starts[b]), int(prefix[b]), int(ext[b])
+        if n == 0:
+            continue
+        slots = table[b, : pre + n].long()
+        k = k_pool[slots].float().transpose(0, 1)  # [KVH, L, D]
+        v = v_pool[slots].float().transpose(0, 1)
+        qb = q[s : s + n].float().view(n, kvh, -1, d).permute(1, 0, 2, 3)  # [KVH, n, G, D]
+        q_pos = torch.arange(pre, pre + n).view(n, 1, 1)
+        k_pos = torch.arange(pre + n).view(1, 1, -1)
+        visible = k_pos <= q_pos
+        if window > 0:
+            visible &= k_pos > q_pos - window
+        scores = torch.einsum("kngd,kld->kngl", qb, k) * scale
+        p = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+        o = torch.einsum("kngl,kld->kngd", p, v)  # [KVH, n, G, D]
+        out[s : s + n] = o.permute(1, 0, 2, 3).reshape(n, -1, d).to(q.dtype)
+    return out
+
+
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` for ``gate_up = [gate | up]`` (the MLP of radixlm.models.llama)."""
     gate, up = gate_up.chunk(2, dim=-1)

@@ -96,6 +96,44 @@ def test_decode_attention(kernels, q_dtype, kv_dtype, b, h, kvh, d, max_len, win
     _close(out, expected, 3e-6 if q_dtype == torch.float32 else 8e-3)
 
 
+@pytest.mark.parametrize("q_dtype", DTYPES)
+@pytest.mark.parametrize("kv_dtype", DTYPES)
+@pytest.mark.parametrize(
+    "h,kvh,d,prefixes,exts,window",
+    [
+        (12, 4, 64, [0], [1], 0),  # one token, no prefix
+        (12, 4, 64, [0], [300], 0),  # a whole prompt
+        (12, 4, 64, [450, 450, 0, 37], [60, 1, 33, 100], 0),  # cached prefixes, mixed
+        (8, 2, 128, [1000, 5], [70, 200], 0),
+        (16, 16, 80, [20], [41], 0),  # MHA, head_dim 80
+        (8, 4, 64, [500, 3], [90, 150], 100),  # sliding window, inside and across the prefix
+        (4, 1, 128, [17], [50], 0),  # MQA: a token block per 32 rows
+        (8, 8, 8, [30], [9], 0),  # head_dim 8: a masked tail
+        (6, 2, 40, [4090], [6], 0),  # head_dim 40, a 4k context
+        (12, 4, 64, [5, 0], [0, 20], 0),  # a request with no new tokens
+    ],
+)
+def test_extend_attention(kernels, q_dtype, kv_dtype, h, kvh, d, prefixes, exts, window):
+    g = torch.Generator().manual_seed(sum(prefixes) + sum(exts) + d)
+    lens = [p + e for p, e in zip(prefixes, exts)]
+    slots = sum(lens) + 10
+    k_pool, v_pool = _pools(g, slots, kvh, d, kv_dtype)
+    table = torch.zeros(len(lens) + 2, max(lens), dtype=torch.int32)
+    perm = torch.randperm(slots - 1, generator=g) + 1
+    used = 0
+    for b, n in enumerate(lens):
+        table[b, :n] = perm[used : used + n].int()
+        used += n
+    starts = torch.tensor([sum(exts[:b]) for b in range(len(exts))])
+    t = sum(exts)
+    qkv = torch.randn(t, h * d + 2 * kvh * d, generator=g).to(q_dtype)
+    q = qkv[:, : h * d].view(t, h, d)  # strided, as the model passes it
+    args = (table, starts, torch.tensor(prefixes), torch.tensor(exts), d**-0.5, window)
+    out = kernels.extend_attention(q, k_pool, v_pool, *args)
+    expected = ref.extend_attention(q, k_pool, v_pool, *args)
+    _close(out, expected, 3e-6 if q_dtype == torch.float32 else 8e-3)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("t", [1, 7, 40])
 @pytest.mark.parametrize("with_residual", [False, True])
