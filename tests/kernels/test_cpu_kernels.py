@@ -111,6 +111,7 @@ def test_decode_attention(kernels, q_dtype, kv_dtype, b, h, kvh, d, max_len, win
         (8, 8, 8, [30], [9], 0),  # head_dim 8: a masked tail
         (6, 2, 40, [4090], [6], 0),  # head_dim 40, a 4k context
         (12, 4, 64, [5, 0], [0, 20], 0),  # a request with no new tokens
+        (130, 2, 16, [9], [5], 0),  # 65 query heads per KV head: two head groups per item
     ],
 )
 def test_extend_attention(kernels, q_dtype, kv_dtype, h, kvh, d, prefixes, exts, window):
