@@ -14,6 +14,11 @@ FFN 2048, vocabulary 50257):
 - ``decode_attention``: one layer's decode attention over a paged pool (scattered slots) for
   batch x context, torch_native (gather into a padded block + SDPA) against the native kernel;
   the per-step metadata is built outside the timed call.
+- ``extend_attention``: one layer's prefill attention over the same kind of pool for an
+  MMLU-like batch (8 x 60 new tokens after 450 cached), a 500-token prompt and a 256-token
+  chunk after 1,500 cached: torch_native (gather + SDPA per request, a mask with a prefix; in
+  q's dtype, and for bf16 also in fp32, which cpu_native ran before the kernel) against the
+  native kernel.
 - ``norm``, ``rope``, ``silu_mul``: the fused elementwise kernels against the torch ops.
 
 Example (about 5 minutes on 2 cores):
@@ -152,6 +157,55 @@ def attention_cases(kernels, dtypes: list[str]) -> dict[str, dict[str, Callable]
                 backend.init_forward_metadata(step)
                 systems[name] = lambda b=backend, st=step, q=q: b.forward_decode(q, Layer, st)
             cases[f"decode_attention {dtype_name} B={batch} ctx={ctx}"] = systems
+        # Extend: an MMLU-like batch (8 questions of 60 tokens after a 450-token cached
+        # 5-shot prefix), one 500-token prompt, and a 256-token chunk after 1500 cached.
+        for prefix, ext in (([450] * 8, [60] * 8), ([0], [500]), ([1500], [256])):
+            lens = [a + b for a, b in zip(prefix, ext)]
+            batch, ctx = len(lens), max(lens)
+            kv = TokenToKVPool(sum(lens), 1, 4, 64, dtype, "cpu")
+            kv.k_buffers[0].normal_()
+            kv.v_buffers[0].normal_()
+            rows = ReqToTokenPool(batch, ctx, "cpu")
+            perm = torch.randperm(sum(lens)) + 1
+            used, new_slots = 0, []
+            for b, n in enumerate(lens):
+                rows.req_to_token[b, :n] = perm[used : used + n].int()
+                new_slots.append(perm[used + prefix[b] : used + n])
+                used += n
+            out_loc = torch.cat(new_slots).long()
+            t = sum(ext)
+            fb = ForwardBatch(
+                mode=ForwardMode.EXTEND,
+                input_ids=torch.zeros(t, dtype=torch.int64),
+                positions=torch.cat([torch.arange(a, a + b) for a, b in zip(prefix, ext)]),
+                out_cache_loc=out_loc,
+                req_pool_indices=torch.arange(batch),
+                seq_lens=torch.tensor(lens),
+                seq_lens_cpu=lens,
+                extend_prefix_lens_cpu=prefix,
+                extend_seq_lens_cpu=ext,
+                req_to_token_pool=rows,
+                kv_pool=kv,
+            )
+            q = torch.randn(t, 12 * 64).to(dtype)
+            k, v = kv.k_buffers[0][out_loc], kv.v_buffers[0][out_loc]
+            systems = {}
+            for name, backend, cast in (
+                ("torch_native", TorchNativeBackend(), None),
+                # what cpu_native ran before the kernel: the torch path in fp32
+                ("torch_native_fp32", TorchNativeBackend(), torch.float32),
+                ("native", CpuNativeBackend(kernels=kernels, head_dim=64), None),
+            ):
+                if cast is not None and dtype == cast:
+                    continue
+                step = dataclasses.replace(fb, attn_metadata=None)
+                backend.init_forward_metadata(step)
+                qc, kc, vc = (x if cast is None else x.to(cast) for x in (q, k, v))
+                systems[name] = lambda b=backend, st=step, a=(qc, kc, vc): b.forward_extend(
+                    *a, Layer, st
+                )
+            name = f"extend_attention {dtype_name} B={batch} new={ext[0]} prefix={prefix[0]}"
+            cases[name] = systems
     return cases
 
 
