@@ -187,7 +187,7 @@ def attention_cases(kernels, dtypes: list[str]) -> dict[str, dict[str, Callable]
                 req_to_token_pool=rows,
                 kv_pool=kv,
             )
-            q = torch.randn(t, 12 * 64).to(dtype)
+            q = torch.randn(t, 12, 64).to(dtype)
             k, v = kv.k_buffers[0][out_loc], kv.v_buffers[0][out_loc]
             systems = {}
             for name, backend, cast in (
