@@ -19,6 +19,8 @@ openai = pytest.importorskip("openai")
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "chat_templates")
 FAMILIES = ("hermes", "llama3_json", "mistral")
+# Each family on the model shape that writes it (Qwen2.5 / Llama 3.x / Mistral).
+ARCH = {"hermes": "qwen2", "llama3_json": "llama", "mistral": "mistral"}
 TOOLS = [
     {
         "type": "function",
@@ -74,7 +76,7 @@ def servers(start_server, tiny_models):
     return {
         name: start_server(
             "--model-path",
-            tiny_models["qwen2"],
+            tiny_models[ARCH[name]],
             "--served-model-name",
             "tiny",
             "--chat-template",
