@@ -256,6 +256,7 @@ def run_radixlm(
     repeats: int,
     system: str,
     pool: int,
+    cpu_kernels: str,
 ) -> dict[str, Any]:
     worker_setup(threads, log)
     import radixlm
@@ -268,6 +269,7 @@ def run_radixlm(
         disable_radix_cache=system == "off",
         max_total_tokens=pool,
         num_threads=threads,
+        cpu_kernels=cpu_kernels,
     )
     load_s = time.perf_counter() - t0
 
@@ -427,6 +429,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hf-batch-size", type=int, default=8, help="static batch size for HF")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for every system")
     p.add_argument(
+        "--cpu-kernels",
+        default="auto",
+        choices=("auto", "torch"),
+        help="RadixLM's CPU kernels: the native csrc/ kernels where they build, or the torch path",
+    )
+    p.add_argument(
         "--repeats",
         type=int,
         default=3,
@@ -512,7 +520,7 @@ def main() -> None:
             print(f"[{SYSTEMS[s]}] round {k + 1} ...", flush=True)
             t0 = time.perf_counter()
             work = (str(model_dir), args.dtype, workloads, args.threads, args.log_level, 1)
-            extra_args = (args.hf_batch_size,) if s == "hf" else (s, pool)
+            extra_args = (args.hf_batch_size,) if s == "hf" else (s, pool, args.cpu_kernels)
             run = in_subprocess(run_hf if s == "hf" else run_radixlm, *work, *extra_args)
             outs = {n: r.pop("output_ids") for n, r in run["workloads"].items()}
             if s in outputs and outs != outputs[s]:

@@ -127,6 +127,7 @@ def launch(name: str, model_dir: Path, args: argparse.Namespace) -> Server:
             disable_radix_cache=name == "off",
             num_threads=args.threads,
             max_total_tokens=args.max_total_tokens,
+            cpu_kernels=args.cpu_kernels,
             log_level="warning",
             log_file=str(log),
             launch_timeout=600,
@@ -248,6 +249,12 @@ def parse_args() -> argparse.Namespace:
         "--num-threads", type=int, default=16, help="run_batch threads (concurrent programs)"
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads of each server")
+    p.add_argument(
+        "--cpu-kernels",
+        default="auto",
+        choices=("auto", "torch"),
+        help="the servers' CPU kernels: native csrc/ kernels where they build, or the torch path",
+    )
     p.add_argument("--repeats", type=int, default=1, help="rounds; the median is reported")
     p.add_argument(
         "--model", default=None, help="checkpoint dir; default: the 120M random Llama (built)"
