@@ -85,6 +85,10 @@ class EngineConfig:
     max_running_requests: int | None = _opt(
         None, "max requests decoding at once; default: derived from the pool"
     )
+    max_n: int = _opt(
+        64,
+        "most samples one request may ask for (n); a larger n is a 400 (it would queue n requests)",
+    )
     max_prefill_tokens: int = _opt(16384, "max new prompt tokens in one prefill batch")
     chunked_prefill_size: int | None = _opt(
         None,
@@ -187,7 +191,13 @@ class EngineConfig:
             _check_type(f.name, str(f.type), value)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}={value!r} is invalid; choose one of {list(choices)}")
-        for name in ("max_total_tokens", "max_running_requests", "context_length", "num_threads"):
+        for name in (
+            "max_total_tokens",
+            "max_running_requests",
+            "context_length",
+            "num_threads",
+            "max_n",
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

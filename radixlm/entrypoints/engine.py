@@ -81,6 +81,7 @@ class Engine:
             vocab_size=self.runner.vocab_size,
             cache_salt=cache_salt,
             extra_key=extra_key,
+            max_n=self.config.max_n,
         )
         for r in requests:
             if r.rid in self._builders:

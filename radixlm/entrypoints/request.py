@@ -67,6 +67,7 @@ def build_requests(
     cache_salt: str | list[str] | None = None,
     extra_key: str | list[str] | None = None,
     reasoning_markers: tuple[int, int] | None = None,
+    max_n: int | None = None,
 ) -> tuple[list[TokenizedRequest], list[RequestMeta], bool]:
     """Returns (requests to submit, their metadata in output order, whether the call is a batch)."""
     if (text is None) == (input_ids is None):
@@ -118,6 +119,12 @@ def build_requests(
     if not isinstance(stream, bool):
         raise RequestError("stream must be true or false")
     params = [SamplingParams.from_dict(sp, vocab_size) for sp in sp_items]
+    if max_n is not None and any(p.n > max_n for p in params):
+        worst = max(p.n for p in params)
+        raise RequestError(
+            f"n={worst} asks for more samples than this server allows per request ({max_n}, "
+            "--max-n); send several requests or lower n"
+        )
     for p in params:
         if p.stop and tokenizer is None:
             raise RequestError("stop strings need a tokenizer; use stop_token_ids instead")

@@ -8,7 +8,7 @@ A client that disconnects — streaming or not — has its requests aborted (the
 from __future__ import annotations
 
 import asyncio
-import json
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from radixlm import __version__
-from radixlm.errors import RadixLMError, RequestError
+from radixlm.errors import RadixLMError
 from radixlm.server.http_util import (
     SSE_DONE,
     ClientDisconnected,
@@ -27,6 +27,8 @@ from radixlm.server.http_util import (
     sse,
 )
 from radixlm.server.openai_api import create_openai_router
+from radixlm.server.openai_protocol import INTERNAL_ERROR
+from radixlm.server.request_body import parse_json_bytes
 from radixlm.server.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
@@ -42,17 +44,14 @@ def _error(e: Exception) -> JSONResponse:
     if isinstance(e, RadixLMError):
         return error_json(e.http_status, str(e))
     logger.exception("internal error")
-    return error_json(500, f"internal server error: {type(e).__name__}: {e}")
+    return error_json(500, INTERNAL_ERROR)  # the exception's text stays in the log
 
 
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     if not raw:
         return {}
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"the request body is not valid JSON: {e}") from e
+    return parse_json_bytes(raw)
 
 
 async def _sse_events(first: Any, it: AsyncIterator[Any]) -> AsyncIterator[str]:
@@ -77,14 +76,20 @@ class ApiKeyMiddleware:
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.key = api_key.encode()
+
+    def _authorized(self, header: bytes | None) -> bool:
+        """``<scheme> <key>`` with the scheme ``Bearer`` in any case (RFC 7235); the key is
+        compared in constant time."""
+        scheme, _, token = (header or b"").strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if (
             scope["type"] != "http"
             or scope["method"] == "OPTIONS"
             or scope["path"].startswith(OPEN_PATHS)
-            or dict(scope["headers"]).get(b"authorization") == self.expected
+            or self._authorized(dict(scope["headers"]).get(b"authorization"))
         ):
             await self.app(scope, receive, send)
             return

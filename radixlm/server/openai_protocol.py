@@ -9,6 +9,7 @@ OpenAI name equals the native sampling name (``temperature``, ``top_p``, ``stop`
 ``logit_bias``, SGLang extras such as ``top_k``) are passed through and range-checked by the
 engine, which names them the same way. Unknown fields are ignored (OpenAI clients send many:
 ``user``, ``metadata``, ``store``, ...), and so is ``model``: responses name the served model.
+``cache_salt`` and ``extra_key`` put the request in a prefix-cache namespace, as on ``/generate``.
 ``max_tokens`` absent means 16 for completions and "until the context ends" for chat; ``null``
 means until the context ends (``max_new_tokens = context_length``, capped per prompt by the
 engine).
@@ -27,6 +28,7 @@ from radixlm.function_call.formats import ToolCallFormat, token_literal, trigger
 from radixlm.function_call.tools import ToolRequest, ToolSpecError, parse_tool_request
 from radixlm.reasoning import ReasoningFormat, prompt_phase
 from radixlm.server.chat_template import render_chat, split_stops
+from radixlm.server.request_body import parse_json_bytes
 
 MAX_TOP_LOGPROBS = 20
 COMPLETION_DEFAULT_MAX_TOKENS = 16
@@ -36,6 +38,9 @@ _SGLANG_EXTRAS = tuple(
     "top_k min_p repetition_penalty stop_token_ids no_stop_trim ignore_eos skip_special_tokens "
     "spaces_between_special_tokens regex json_schema ebnf".split()
 )
+
+
+INTERNAL_ERROR = "internal server error; the server log has the details"
 
 
 class OpenAIRequestError(RequestError):
@@ -78,7 +83,8 @@ class OpenAICall:
 def error_body(e: Exception) -> tuple[int, dict[str, Any]]:
     """(HTTP status, ``{"error": {message, type, param, code}}``) for any exception."""
     status = e.http_status if isinstance(e, RadixLMError) else 500
-    message = str(e) if isinstance(e, RadixLMError) else f"internal error: {type(e).__name__}: {e}"
+    # An internal exception's text stays in the server log (the route logs it), not the reply.
+    message = str(e) if isinstance(e, RadixLMError) else INTERNAL_ERROR
     kind = "invalid_request_error" if status < 500 else "server_error"
     err = {"message": message, "type": kind, "param": getattr(e, "param", None), "code": status}
     return status, {"error": err}
@@ -86,9 +92,9 @@ def error_body(e: Exception) -> tuple[int, dict[str, Any]]:
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OpenAIRequestError(f"the request body is not valid JSON: {e}") from e
+        body = parse_json_bytes(raw)
+    except RequestError as e:
+        raise OpenAIRequestError(str(e)) from e
     if not isinstance(body, dict):
         raise OpenAIRequestError(
             f"the request body must be a JSON object, got {type(body).__name__}"
@@ -166,6 +172,12 @@ def _common(
         id=rid or f"{prefix}-{uuid.uuid4().hex}",
     )
     call.native["rid"] = call.id
+    for key in ("cache_salt", "extra_key"):  # prefix-cache namespaces, as on /generate
+        value = body.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise OpenAIRequestError(f"{key} must be a string", key)
+            call.native[key] = value
     if logprobs is not None:
         call.native.update(
             return_logprob=True, top_logprobs_num=logprobs, return_text_in_logprobs=True

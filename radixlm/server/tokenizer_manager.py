@@ -232,6 +232,7 @@ class TokenizerManager:
             cache_salt=obj.get("cache_salt"),
             extra_key=obj.get("extra_key"),
             reasoning_markers=self._reasoning_markers(obj.get("require_reasoning")),
+            max_n=self.engine_config.max_n,
         )
         for r in requests:
             if len(r.input_ids) >= self.context_length:

@@ -1,0 +1,115 @@
+"""Hardening (issue 16, first part): bounded ``n``, bodies that are not valid Unicode JSON,
+the bearer scheme in any case, and ``cache_salt`` on the OpenAI routes.
+
+Every bad request is answered 4xx with a message that names the problem, and the server keeps
+serving: each test ends with a good request.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+ROUTES = {
+    "/generate": lambda text: {"text": text, "sampling_params": {"max_new_tokens": 2}},
+    "/v1/completions": lambda text: {"model": "m", "prompt": text, "max_tokens": 2},
+    "/v1/chat/completions": lambda text: {
+        "model": "m", "messages": [{"role": "user", "content": text}], "max_tokens": 2,
+    },
+}  # fmt: skip
+
+
+def _post_raw(server, path: str, raw: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(server.url + path, data=raw, method="POST")
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _message(body: dict) -> str:
+    err = body["error"]
+    return err if isinstance(err, str) else err["message"]
+
+
+def _still_serves(server) -> None:
+    for path, make in ROUTES.items():
+        status, body = _post_raw(server, path, json.dumps(make("Once upon a time")).encode())
+        assert status == 200, (path, body)
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+def test_n_is_bounded(server, path):
+    body = ROUTES[path]("Once upon a time")
+    if path == "/generate":
+        body["sampling_params"]["n"] = 65
+    else:
+        body["n"] = 100_000
+    status, out = _post_raw(server, path, json.dumps(body).encode())
+    assert status == 400 and "--max-n" in _message(out), out
+    _still_serves(server)
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+def test_lone_surrogates_are_400(server, path):
+    raw = json.dumps(ROUTES[path]("hi \ud800 there")).encode()  # json.dumps escapes it as \ud800
+    assert b"\\ud800" in raw
+    status, out = _post_raw(server, path, raw)
+    assert status == 400 and "lone UTF-16 surrogate" in _message(out), out
+    # a valid pair (an emoji written as two escapes) is a character: served
+    status, out = _post_raw(server, path, json.dumps(ROUTES[path]("hi \U0001f600")).encode())
+    assert status == 200, out
+    _still_serves(server)
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+def test_bad_bytes_and_deep_nesting_are_400(server, path):
+    status, out = _post_raw(server, path, b"[" * 50_000 + b"]" * 50_000)
+    assert status == 400 and "too deeply" in _message(out), out
+    status, out = _post_raw(server, path, b'{"text": "hi \xff\xfe"}')
+    assert status == 400 and "not valid UTF-8" in _message(out), out
+    status, out = _post_raw(server, path, b'{"text": ')
+    assert status == 400 and "not valid JSON" in _message(out), out
+    _still_serves(server)
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_cache_salt_on_openai_routes(server, path):
+    """A prompt cached under one salt gives no cached tokens to another salt (or none)."""
+    text = "The quick brown fox jumps over the lazy dog. " * 6
+
+    def cached(salt):
+        body = ROUTES[path](text)
+        if salt is not None:
+            body["cache_salt"] = salt
+        status, out = _post_raw(server, path, json.dumps(body).encode())
+        assert status == 200, out
+        return out["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    cached(f"{path}-a")
+    hit = cached(f"{path}-a")
+    assert hit > 20  # the same tenant hits its own cache
+    assert cached(f"{path}-b") == 0  # another tenant does not
+    # nor the unsalted namespace (which may share a BOS or the chat template's head with others)
+    assert cached(None) < hit // 2
+    status, out = _post_raw(
+        server, path, json.dumps({**ROUTES[path](text), "cache_salt": 5}).encode()
+    )
+    assert status == 400 and out["error"]["param"] == "cache_salt"
+
+
+def test_bearer_scheme_in_any_case(start_server):
+    s = start_server("--api-key", "sekret")
+    body = json.dumps(ROUTES["/v1/completions"]("Once")).encode()
+    for header in ("Bearer sekret", "bearer sekret", "BEARER sekret"):
+        assert _post_raw(s, "/v1/completions", body, {"Authorization": header})[0] == 200
+    for header in ("Bearer wrong", "Basic sekret", "sekret", "Bearer"):
+        assert _post_raw(s, "/v1/completions", body, {"Authorization": header})[0] == 401
+    assert _post_raw(s, "/v1/completions", body)[0] == 401
