@@ -366,6 +366,9 @@ class ServerConfig:
         "split <think>...</think> reasoning from the answer in chat responses "
         "(reasoning_content): deepseek-r1 or qwen3; constraints then apply after the reasoning",
     )
+    max_request_bytes: int = _opt(
+        16 * 1024 * 1024, "largest request body accepted (bytes); a larger one is a 413"
+    )
     enable_metrics: bool = _opt(False, "serve Prometheus metrics at /metrics")
     decode_log_interval: int = _opt(40, "log one batch-statistics line every N scheduler steps")
     watchdog_timeout: float = _opt(
@@ -386,6 +389,8 @@ class ServerConfig:
             raise ConfigError("decode_log_interval must be >= 1")
         if self.watchdog_timeout <= 0 or self.health_check_timeout <= 0:
             raise ConfigError("watchdog_timeout and health_check_timeout must be > 0")
+        if self.max_request_bytes < 1024:
+            raise ConfigError(f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
         if self.api_key == "":
             raise ConfigError("api_key must not be empty (omit it to disable authentication)")
         if self.tool_call_parser is not None:

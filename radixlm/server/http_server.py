@@ -28,7 +28,7 @@ from radixlm.server.http_util import (
 )
 from radixlm.server.openai_api import create_openai_router
 from radixlm.server.openai_protocol import INTERNAL_ERROR
-from radixlm.server.request_body import parse_json_bytes
+from radixlm.server.request_body import BodyLimitMiddleware, parse_json_bytes
 from radixlm.server.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
 
     if cfg.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_request_bytes)
 
     @app.exception_handler(RadixLMError)
     async def on_radixlm_error(request: Request, e: RadixLMError):

@@ -13,6 +13,7 @@ queued is aborted as soon as its client goes away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,9 @@ from radixlm.server.openai_protocol import (
 from radixlm.server.openai_results import StreamState, build_response
 
 logger = logging.getLogger(__name__)
+
+# Bodies larger than this are parsed, rendered and tokenized off the event loop.
+OFF_LOOP_BYTES = 262_144
 
 
 class GenerateBackend(Protocol):
@@ -113,7 +117,11 @@ async def _handle(
     streaming = False
     try:
         backend = get_backend()
-        call = parse(parse_json_body(await request.body()), backend)
+        raw = await request.body()
+        if len(raw) > OFF_LOOP_BYTES:  # a long prompt is rendered and tokenized in a thread
+            call = await asyncio.to_thread(lambda: parse(parse_json_body(raw), backend))
+        else:
+            call = parse(parse_json_body(raw), backend)
         it = backend.generate(call.native)
         # The first item is awaited here so a bad request is an HTTP error, not a stream event.
         first = await next_unless_disconnected(request, it)

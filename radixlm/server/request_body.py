@@ -1,4 +1,9 @@
-"""Parsing an HTTP request body as JSON, with the checks every route shares.
+"""Request bodies: a size limit on every route, and parsing as JSON with the checks every
+route shares.
+
+:class:`BodyLimitMiddleware` refuses a body over ``--max-request-bytes`` with a 413: at once
+from its ``Content-Length``, or (chunked uploads) as soon as the bytes read pass the limit, so
+an oversized body is never held whole in memory.
 
 Invariant: any body a client can send either parses into plain JSON values whose strings are
 valid Unicode (so they encode to UTF-8 wherever they go next: the tokenizer, the logs, the
@@ -13,7 +18,72 @@ import json
 import re
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
 from radixlm.errors import RequestError
+
+
+class BodyTooLargeError(RequestError):
+    """A request body over ``--max-request-bytes``."""
+
+    http_status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the request body is larger than this server accepts ({limit} bytes, "
+            "--max-request-bytes); send a shorter prompt"
+        )
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI (as ``ApiKeyMiddleware``, so that client disconnects still reach the routes):
+    a declared ``Content-Length`` over the limit is answered 413 before anything is read; a
+    body without one raises :class:`BodyTooLargeError` from ``receive`` once it passes the
+    limit, which the routes answer like any request error."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._drain(receive, 0)
+            err = BodyTooLargeError(self.max_bytes)
+            body = {"error": {"message": str(err), "type": "invalid_request_error",
+                              "param": None, "code": 413}}  # fmt: skip
+            await JSONResponse(body, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    if message.get("more_body"):
+                        await self._drain(receive, seen)
+                    raise BodyTooLargeError(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _drain(self, receive: Any, seen: int) -> None:
+        """Read and drop the rest of a refused body (up to 4x the limit), so that a client
+        that sends its whole body before reading the answer gets the 413 rather than a broken
+        pipe; past that the connection is closed on it."""
+        while seen <= 4 * self.max_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
+
 
 # A \\u escape of a UTF-16 surrogate in the raw body: only such bodies can hold lone surrogates
 # (UTF-8 cannot encode one, and json.loads joins valid pairs), so only they are walked.

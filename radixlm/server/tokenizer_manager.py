@@ -55,6 +55,11 @@ NULL_ONLY_FIELDS = {
 }  # fmt: skip
 
 
+# Text prompts longer than this are tokenized in a worker thread, so that /health and the other
+# routes keep answering while a huge prompt is encoded (the Rust tokenizer releases the GIL).
+OFF_LOOP_CHARS = 65_536
+
+
 class SchedulerUnavailable(CapacityError):
     """The scheduler process died or hung; the server is shutting down."""
 
@@ -107,6 +112,10 @@ class TokenizerManager:
         # radixlm.server.tool_setup.ReasoningSetup | None (--reasoning-parser)
         self.reasoning = reasoning
         self.context_length = ready.context_length
+        # The longest token's text (vocabulary form: never shorter than its decoded text).
+        self.max_token_chars = max(
+            (len(t) for t in tokenizer.get_vocab()) if tokenizer is not None else (1,), default=1
+        )
         self.vocab_size = ready.vocab_size
         self.served_model_name = server_config.served_model_name or os.path.basename(
             os.path.normpath(engine_config.model_path)
@@ -140,7 +149,13 @@ class TokenizerManager:
         """Native /generate. Non-stream: yields one result (a list for batches). Stream:
         yields cumulative chunks (with ``index`` for batches). Raises RadixLMError on bad
         input before yielding. Closing the iterator early aborts unfinished requests."""
-        requests, metas, is_batch = self._validate(obj)
+        if self._prompt_chars(obj) > OFF_LOOP_CHARS:  # long text: tokenize off the event loop
+            requests, metas, is_batch = await asyncio.to_thread(self._validate, obj)
+            for r in requests:  # checked again here: another request may have taken the id
+                if r.rid in self.states:
+                    raise RequestError(f"request id {r.rid!r} is already in use")
+        else:
+            requests, metas, is_batch = self._validate(obj)
         stream = bool(obj.get("stream"))
         wake = asyncio.Event()
         states = []
@@ -200,6 +215,21 @@ class TokenizerManager:
         for st in states:
             if st.error is not None:
                 raise st.error
+
+    def _prompt_chars(self, obj: Any) -> int:
+        """Characters of the text prompts; a 400 at once, before any tokenizing, for a prompt
+        too long to fit the context whatever it tokenizes to (every token covers at most
+        ``max_token_chars`` characters)."""
+        text = obj.get("text") if isinstance(obj, dict) else None
+        prompts = [text] if isinstance(text, str) else text if isinstance(text, list) else []
+        lengths = [len(p) for p in prompts if isinstance(p, str)]
+        limit = self.context_length * self.max_token_chars
+        if lengths and max(lengths) > limit:
+            raise RequestError(
+                f"the prompt has {max(lengths)} characters, more than {self.context_length} tokens "
+                f"(the context length) can hold with this tokenizer (at most {limit}); shorten it"
+            )
+        return sum(lengths)
 
     def _validate(self, obj: Any):
         if not self.health.healthy:

@@ -113,3 +113,47 @@ def test_bearer_scheme_in_any_case(start_server):
     for header in ("Bearer wrong", "Basic sekret", "sekret", "Bearer"):
         assert _post_raw(s, "/v1/completions", body, {"Authorization": header})[0] == 401
     assert _post_raw(s, "/v1/completions", body)[0] == 401
+
+
+@pytest.fixture(scope="module")
+def small_body_server(start_server):
+    return start_server("--max-request-bytes", "1048576")
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+def test_body_limit_is_413(small_body_server, path):
+    s = small_body_server
+    big = json.dumps(ROUTES[path]("word " * 400_000)).encode()  # 2 MB
+    status, out = _post_raw(s, path, big)
+    assert status == 413 and "--max-request-bytes" in _message(out), out
+    # without a Content-Length (chunked upload) the limit holds as the bytes arrive
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+    conn.request("POST", path, body=chunks, headers={"Content-Type": "application/json"},
+                 encode_chunked=True)  # fmt: skip
+    resp = conn.getresponse()
+    assert resp.status == 413 and b"--max-request-bytes" in resp.read()
+    conn.close()
+    _still_serves(s)
+
+
+def test_impossible_prompt_is_refused_before_tokenizing(small_body_server):
+    """A prompt longer than the context could hold in any tokenization is a 400 at once, and
+    /health answers meanwhile."""
+    import threading
+    import time
+
+    s = small_body_server
+    body = json.dumps(ROUTES["/generate"]("x" * 900_000)).encode()
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=_post_raw(s, "/generate", body)))
+    t0 = time.monotonic()
+    worker.start()
+    status, _ = s.get("/health")
+    assert status == 200 and time.monotonic() - t0 < 5
+    worker.join(60)
+    status, out = result["r"]
+    assert status == 400 and "characters" in _message(out), out
+    _still_serves(s)
