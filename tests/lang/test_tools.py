@@ -21,43 +21,9 @@ from radixlm_lang.backend.engine import EngineBackend
 from radixlm_lang.backend.mock import MockBackend
 from radixlm_lang.backend.runtime_endpoint import Runtime
 from radixlm_lang.tools import ChatToolRenderer, ToolPositionError, ToolsUnsupportedError
+from tests.tool_defs import SCHEMAS, TOOLS
 
 HERMES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "chat_templates", "hermes.jinja")
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string", "maxLength": 12},
-                    "unit": {"$ref": "#/$defs/Unit"},
-                },
-                "required": ["city", "unit"],
-                "additionalProperties": False,
-                "$defs": {"Unit": {"enum": ["c", "f"]}},
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "a": {"type": "integer", "minimum": 0, "maximum": 99},
-                    "b": {"type": "integer", "minimum": 0, "maximum": 99},
-                },
-                "required": ["a", "b"],
-                "additionalProperties": False,
-            },
-        },
-    },
-]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 QUESTIONS = ["Weather in Paris?", "Add 2 and 3.", "Hello", "What now?", "Tell me a story."]
 
 

@@ -15,47 +15,15 @@ import os
 import jsonschema
 import pytest
 
+from tests.tool_defs import SCHEMAS, TOOLS
+
 openai = pytest.importorskip("openai")
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "chat_templates")
 FAMILIES = ("hermes", "llama3_json", "mistral")
 # Each family on the model shape that writes it (Qwen2.5 / Llama 3.x / Mistral).
 ARCH = {"hermes": "qwen2", "llama3_json": "llama", "mistral": "mistral"}
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string", "maxLength": 12},
-                    "unit": {"$ref": "#/$defs/Unit"},
-                },
-                "required": ["city", "unit"],
-                "additionalProperties": False,
-                "$defs": {"Unit": {"enum": ["c", "f"]}},
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "a": {"type": "integer", "minimum": 0, "maximum": 99},
-                    "b": {"type": "integer", "minimum": 0, "maximum": 99},
-                },
-                "required": ["a", "b"],
-                "additionalProperties": False,
-            },
-        },
-    },
-]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
 PROMPTS = ["Weather in Paris?", "Add 2 and 3.", "Hello", "What now?", "Tell me a story."]
 
 
