@@ -142,7 +142,8 @@ class ChatToolRenderer:
     def constrain(self, sp: dict[str, Any], spec: ToolSpec) -> None:
         """Add the template's stops and, when the model may call, the format's grammar
         (``ebnf``) to the native ``sampling_params`` ``sp`` (as ``_tool_constraints``)."""
-        from radixlm.function_call.formats import token_literal, trigger_is_special
+        from radixlm.function_call.formats import trigger_is_special
+        from radixlm.function_call.literals import token_literal
         from radixlm.server.chat_template import split_stops
 
         strings, ids = split_stops(self.template, self.tokenizer)

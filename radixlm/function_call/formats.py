@@ -22,10 +22,10 @@ import functools
 import json
 import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from radixlm.function_call.literals import Literal, is_token_literal, json_literal, special_token_id
 from radixlm.function_call.tools import Tool, ToolRequest
 
 
@@ -75,44 +75,6 @@ def _call(obj: Any, args_keys: tuple[str, ...]) -> ToolCall | None:
 def _content(text: str) -> str | None:
     text = text.strip()
     return text or None
-
-
-# Lark literal of `text` for llguidance (a JSON string literal is a valid Lark string).
-Literal = Callable[[str], str]
-
-
-def json_literal(text: str) -> str:
-    return json.dumps(text)
-
-
-def is_token_literal(lark: str) -> bool:
-    """True for a Lark literal that names one token (``<[id]>``), not text."""
-    return lark.startswith("<[")
-
-
-def special_token_id(text: str, tokenizer: Any) -> int | None:
-    """The id of ``text`` when it is one special (or added) token of ``tokenizer``, else None."""
-    if tokenizer is None or not text:
-        return None
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        return None
-    special = set(getattr(tokenizer, "all_special_ids", None) or [])
-    if hasattr(tokenizer, "get_added_vocab"):
-        special.update(tokenizer.get_added_vocab().values())
-    return ids[0] if ids[0] in special else None
-
-
-def token_literal(tokenizer: Any) -> Literal:
-    """A :data:`Literal` that writes a string which is one special token of ``tokenizer`` as
-    that token (``<[id]>``: the model must emit the token itself, as it was trained to, not
-    its spelling in ordinary pieces) and any other string as text."""
-
-    def literal(text: str) -> str:
-        tid = special_token_id(text, tokenizer)
-        return json_literal(text) if tid is None else f"<[{tid}]>"
-
-    return literal
 
 
 class ToolCallFormat:

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radixlm.errors import RadixLMError, RequestError
-from radixlm.function_call.formats import ToolCallFormat, token_literal, trigger_is_special
+from radixlm.function_call.formats import ToolCallFormat, trigger_is_special
+from radixlm.function_call.literals import token_literal
 from radixlm.function_call.tools import ToolRequest, ToolSpecError, parse_tool_request
 from radixlm.reasoning import ReasoningFormat, prompt_phase
 from radixlm.server.chat_template import render_chat, split_stops

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radixlm.config import EngineConfig, ServerConfig
-from radixlm.entrypoints.request import build_requests
 from radixlm.entrypoints.result import ResultBuilder, status_error
 from radixlm.errors import CapacityError, RadixLMError, RequestError
 from radixlm.server import codec
@@ -38,26 +37,14 @@ from radixlm.server.io_struct import (
     SchedulerReady,
 )
 from radixlm.server.ipc import IpcNames, pull_socket, push_socket
+from radixlm.server.native_request import (
+    OFF_LOOP_CHARS,
+    NativeLimits,
+    parse_generate,
+    prompt_chars,
+)
 
 logger = logging.getLogger(__name__)
-
-# Fields of the native /generate body. Accepted only when null (features not built yet).
-GENERATE_FIELDS = {
-    "text", "input_ids", "sampling_params", "rid", "return_logprob", "logprob_start_len",
-    "top_logprobs_num", "return_text_in_logprobs", "stream", "cache_salt", "extra_key",
-    "require_reasoning",
-}  # fmt: skip
-NULL_ONLY_FIELDS = {
-    "input_embeds", "image_data", "video_data", "audio_data", "lora_path", "session_params",
-    "custom_logit_processor", "return_hidden_states", "token_ids_logprob", "priority",
-    "data_parallel_rank", "bootstrap_host", "bootstrap_port", "bootstrap_room", "log_metrics",
-    "modalities", "stream_output",
-}  # fmt: skip
-
-
-# Text prompts longer than this are tokenized in a worker thread, so that /health and the other
-# routes keep answering while a huge prompt is encoded (the Rust tokenizer releases the GIL).
-OFF_LOOP_CHARS = 65_536
 
 
 class SchedulerUnavailable(CapacityError):
@@ -112,11 +99,10 @@ class TokenizerManager:
         # radixlm.server.tool_setup.ReasoningSetup | None (--reasoning-parser)
         self.reasoning = reasoning
         self.context_length = ready.context_length
-        # The longest token's text (vocabulary form: never shorter than its decoded text).
-        self.max_token_chars = max(
-            (len(t) for t in tokenizer.get_vocab()) if tokenizer is not None else (1,), default=1
-        )
         self.vocab_size = ready.vocab_size
+        self._limits = NativeLimits.for_server(
+            tokenizer, self.vocab_size, self.context_length, engine_config.max_n, reasoning
+        )
         self.served_model_name = server_config.served_model_name or os.path.basename(
             os.path.normpath(engine_config.model_path)
         )
@@ -149,7 +135,9 @@ class TokenizerManager:
         """Native /generate. Non-stream: yields one result (a list for batches). Stream:
         yields cumulative chunks (with ``index`` for batches). Raises RadixLMError on bad
         input before yielding. Closing the iterator early aborts unfinished requests."""
-        if self._prompt_chars(obj) > OFF_LOOP_CHARS:  # long text: tokenize off the event loop
+        if (
+            prompt_chars(obj, self._limits) > OFF_LOOP_CHARS
+        ):  # long text: tokenize off the event loop
             requests, metas, is_batch = await asyncio.to_thread(self._validate, obj)
             for r in requests:  # checked again here: another request may have taken the id
                 if r.rid in self.states:
@@ -216,86 +204,16 @@ class TokenizerManager:
             if st.error is not None:
                 raise st.error
 
-    def _prompt_chars(self, obj: Any) -> int:
-        """Characters of the text prompts; a 400 at once, before any tokenizing, for a prompt
-        too long to fit the context whatever it tokenizes to (every token covers at most
-        ``max_token_chars`` characters)."""
-        text = obj.get("text") if isinstance(obj, dict) else None
-        prompts = [text] if isinstance(text, str) else text if isinstance(text, list) else []
-        lengths = [len(p) for p in prompts if isinstance(p, str)]
-        limit = self.context_length * self.max_token_chars
-        if lengths and max(lengths) > limit:
-            raise RequestError(
-                f"the prompt has {max(lengths)} characters, more than {self.context_length} tokens "
-                f"(the context length) can hold with this tokenizer (at most {limit}); shorten it"
-            )
-        return sum(lengths)
-
     def _validate(self, obj: Any):
         if not self.health.healthy:
             raise SchedulerUnavailable(f"the server is shutting down: {self.health.reason}")
-        if not isinstance(obj, dict):
-            raise RequestError("the request body must be a JSON object")
-        unknown = sorted(k for k in obj if k not in GENERATE_FIELDS | NULL_ONLY_FIELDS)
-        if unknown:
-            raise RequestError(
-                f"unknown field(s) {unknown}; valid fields: {', '.join(sorted(GENERATE_FIELDS))}"
-            )
-        for k in NULL_ONLY_FIELDS:
-            if obj.get(k) not in (None, [], {}):
-                raise RequestError(f"field {k!r} is not supported by this server")
-        for k in ("return_text_in_logprobs", "stream", "require_reasoning"):
-            if obj.get(k) is not None and not isinstance(obj[k], bool):
-                raise RequestError(f"{k} must be true or false, got {obj[k]!r}")
-        requests, metas, is_batch = build_requests(
-            text=obj.get("text"),
-            input_ids=obj.get("input_ids"),
-            sampling_params=obj.get("sampling_params"),
-            rid=obj.get("rid"),
-            return_logprob=obj.get("return_logprob"),
-            logprob_start_len=obj.get("logprob_start_len"),
-            top_logprobs_num=obj.get("top_logprobs_num"),
-            return_text_in_logprobs=bool(obj.get("return_text_in_logprobs")),
-            stream=bool(obj.get("stream")),
-            tokenizer=self.tokenizer,
-            vocab_size=self.vocab_size,
-            cache_salt=obj.get("cache_salt"),
-            extra_key=obj.get("extra_key"),
-            reasoning_markers=self._reasoning_markers(obj.get("require_reasoning")),
-            max_n=self.engine_config.max_n,
+        strict = self.engine_config.json_schema_unenforced == "reject"
+        return parse_generate(
+            obj,
+            self._limits,
+            self.states,
+            check_schema=self.check_strict_schema if strict else None,
         )
-        for r in requests:
-            if len(r.input_ids) >= self.context_length:
-                raise RequestError(
-                    f"the prompt has {len(r.input_ids)} tokens but this server accepts at most "
-                    f"{self.context_length - 1} (context length {self.context_length}); "
-                    "shorten the prompt"
-                )
-            if r.rid in self.states:
-                raise RequestError(f"request id {r.rid!r} is already in use")
-            if (
-                r.sampling.json_schema is not None
-                and self.engine_config.json_schema_unenforced == "reject"
-            ):
-                self.check_strict_schema(r.sampling.json_schema)
-        return requests, metas, is_batch
-
-    def _reasoning_markers(self, require_reasoning: bool | None) -> tuple[int, int] | None:
-        """``require_reasoning``: the constraint applies after the model's reasoning."""
-        if not require_reasoning:
-            return None
-        if self.reasoning is None:
-            raise RequestError(
-                "require_reasoning needs a server started with --reasoning-parser "
-                "(deepseek-r1 | qwen3)"
-            )
-        if self.reasoning.marker_ids is None:
-            fmt = self.reasoning.fmt
-            raise RequestError(
-                f"require_reasoning: {fmt.start!r} / {fmt.end!r} are not single tokens of this "
-                "model's tokenizer, so a constraint cannot start where the reasoning ends"
-            )
-        return self.reasoning.marker_ids
 
     def check_strict_schema(self, schema: str) -> None:
         """A 400 now, naming each keyword and its JSON pointer, for a JSON schema this server's

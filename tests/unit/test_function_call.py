@@ -281,7 +281,7 @@ def test_special_trigger_tokens_are_written_as_tokens():
     must emit it, as trained, not spell it; other literals stay text."""
     import transformers
 
-    from radixlm.function_call.formats import token_literal
+    from radixlm.function_call.literals import token_literal
 
     tok = transformers.AutoTokenizer.from_pretrained(os.path.join(FIXTURES, "gpt2"))
     tok.add_tokens(["<tool_call>"], special_tokens=True)
