@@ -9,9 +9,11 @@ removed; the exit code is non-zero when a child died or hung, or start-up failed
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
+import socket
 import time
 from contextlib import asynccontextmanager
 
@@ -81,6 +83,31 @@ def _stop(children: list[ChildProcess]) -> None:
             c.process.join(1)
 
 
+def bind_listen_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything is loaded: a port in use (or a host that is
+    not this machine's) fails the start at once, not after the model has loaded. uvicorn
+    serves on it as is, so no other process can take the port in between."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise StartupError(f"cannot listen on {host}:{port}: {e}") from e
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        reason = "the port is in use" if e.errno == errno.EADDRINUSE else str(e)
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {reason}; choose another --port or stop the "
+            "process that holds it"
+        ) from e
+    sock.set_inheritable(False)
+    return sock
+
+
 def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> int:
     """Run until stopped; returns the process exit code."""
     import uvicorn
@@ -90,6 +117,11 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
     from radixlm.server.tool_setup import reasoning_for, tool_format_for
     from radixlm.tokenizer import load_tokenizer
 
+    try:
+        listen = bind_listen_socket(server_config.host, server_config.port)
+    except StartupError as e:
+        logger.error("%s", e)
+        return 1
     ipc = IpcNames.create()
     mp = multiprocessing.get_context("spawn")
     me = os.getpid()
@@ -178,10 +210,11 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
             )
 
         tm.on_fatal = on_fatal
-        server.run()
+        server.run(sockets=[listen])
         if not server.started:
             return 1
         return exit_code
     finally:
         _stop(children)
         ipc.remove()
+        listen.close()

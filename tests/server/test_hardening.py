@@ -157,3 +157,31 @@ def test_impossible_prompt_is_refused_before_tokenizing(small_body_server):
     status, out = result["r"]
     assert status == 400 and "characters" in _message(out), out
     _still_serves(s)
+
+
+def test_port_in_use_fails_before_loading():
+    """The port is bound before the model loads: a busy port ends the start at once, with the
+    reason, and the server never says it is ready."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "radixlm.launch_server", "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        elapsed = time.monotonic() - t0
+    finally:
+        holder.close()
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert "the port is in use" in log and "ready" not in log, log[-2000:]
+    assert "spawned scheduler" not in log  # nothing was started, let alone loaded
+    assert elapsed < 60
