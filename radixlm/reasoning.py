@@ -101,16 +101,40 @@ def get_reasoning_format(name: str) -> ReasoningFormat:
 
 
 class ReasoningStream:
-    """Cumulative output in, reasoning and content deltas out (see :meth:`ReasoningFormat.split`)."""
+    """Cumulative output in, reasoning delta and cumulative content out: the same split as
+    :meth:`ReasoningFormat.split`, but incremental (the end marker is searched only in the new
+    text, and once found the content is a slice), so a long thinking costs O(new text) per
+    chunk."""
 
     def __init__(self, fmt: ReasoningFormat, inside: bool) -> None:
         self.fmt = fmt
-        self.inside = inside
-        self._reasoning_sent = 0
+        self._body_at: int | None = 0 if inside else None  # where the reasoning starts
+        self._sent = 0  # reasoning sent up to here (an offset in the text)
+        self._scanned = 0  # the end marker is not in the text before here
+        self._content_at: int | None = None  # where the content starts
+        self._strip = True  # the content after </think> loses its leading whitespace
 
     def feed(self, text: str, final: bool) -> tuple[str, str]:
-        """``(reasoning delta, cumulative content)``."""
-        reasoning, content = self.fmt.split(text, self.inside, final)
-        delta = reasoning[self._reasoning_sent :]
-        self._reasoning_sent = max(self._reasoning_sent, len(reasoning))
-        return delta, content
+        """``(reasoning delta, cumulative content)`` of the cumulative output ``text``."""
+        fmt = self.fmt
+        if self._body_at is None and self._content_at is None:  # does a block open?
+            head = text.lstrip()
+            if head.startswith(fmt.start):
+                self._body_at = len(text) - len(head) + len(fmt.start)
+                self._sent = self._scanned = self._body_at
+            elif not final and (not head or fmt.start.startswith(head)):
+                return "", ""
+            else:
+                self._content_at, self._strip = 0, False  # no thinking block: all content
+        if self._content_at is not None:
+            content = text[self._content_at :]
+            return "", content.lstrip() if self._strip else content
+        i = text.find(fmt.end, max(self._body_at, self._scanned - len(fmt.end) + 1))
+        if i != -1:
+            delta = text[self._sent : i]
+            self._content_at = i + len(fmt.end)
+            return delta, text[self._content_at :].lstrip()
+        self._scanned = len(text)
+        stop = len(text) if final else max(self._sent, _safe_end(text, fmt.end))
+        delta, self._sent = text[self._sent : stop], stop
+        return delta, ""

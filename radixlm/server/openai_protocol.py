@@ -287,8 +287,8 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     call.native["input_ids"] = ids
     if fmt is not None:
         call.tools, call.tool_format = tools, fmt
-    _reasoning(body, backend, call, ids, constrained=bool(sp.get("ebnf") or sp.get("regex")
-               or sp.get("json_schema")))  # fmt: skip
+    constrained = any(sp.get(k) for k in ("ebnf", "regex", "json_schema"))
+    _reasoning(body, backend, call, ids, constrained)
     return call
 
 
