@@ -505,6 +505,7 @@ def summarize(outcomes: list[Outcome], health: list[tuple], args: argparse.Names
         per_kind[kind] = {
             "ok": len(lat),
             "errored": sum(1 for o in good if o.kind == kind and not o.ok),
+            "mismatched": sum(1 for o in good if o.kind == kind and o.mismatch),
             "p50_ms": _ms(lat, 50),
             "p99_ms": _ms(lat, 99),
             "max_ms": 1000 * max(lat) if lat else None,
@@ -606,19 +607,23 @@ def print_report(
     s: dict, kv: dict, mem: dict, incidents: dict[str, int], checks: dict[str, tuple[bool, str]]
 ) -> None:
     print(
-        f"good requests: {s['good_ok']} ok, {s['good_errored']} errored "
+        f"good requests: {s['good_ok']} ok (2xx, complete), {s['good_errored']} errored "
         f"({s['good_per_s']:.1f} ok/s); {s['requests']} requests in all"
     )
     print(
-        f"  {'route kind':<18} {'ok':>6} {'errored':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+        f"  {'route kind':<18} {'ok':>6} {'errored':>7} {'mismatched':>10} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'max ms':>8}   (latency of the ok ones)"
     )
     for kind, k in s["per_kind"].items():
         print(
-            f"  {kind:<18} {k['ok']:>6} {k['errored']:>7} {_f(k['p50_ms']):>8} "
-            f"{_f(k['p99_ms']):>8} {_f(k['max_ms']):>8}"
+            f"  {kind:<18} {k['ok']:>6} {k['errored']:>7} {k['mismatched']:>10} "
+            f"{_f(k['p50_ms']):>8} {_f(k['p99_ms']):>8} {_f(k['max_ms']):>8}"
         )
-    print(f"outputs checked against the reference: {s['checked_outputs']}, ", end="")
-    print(f"mismatches: {s['mismatches']}")
+    print(
+        f"outputs checked against the reference: {s['checked_outputs']} (good and disconnect ",
+        end="",
+    )
+    print(f"streams that ended first), mismatches: {s['mismatches']}")
     print(f"bad requests: {s['bad_4xx']} answered 4xx, {s['bad_other']} otherwise ", end="")
     print(f"(status: count {s['bad_status']})")
     print(
@@ -627,7 +632,7 @@ def print_report(
         f"{s['disconnect_errored']} errored)"
     )
     print(
-        f"/health: {s['health_probes']} probes, p50 {_f(s['health_p50_ms'], '.1f')} ms, p99 "
+        f"/health: {s['health_probes']} probes (one at a time), p50 {_f(s['health_p50_ms'], '.1f')} ms, p99 "
         f"{_f(s['health_p99_ms'], '.1f')} ms, max {_f(s['health_max_ms'], '.1f')} ms, "
         f"{s['health_not_200']} not 200"
     )
