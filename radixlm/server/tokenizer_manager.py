@@ -7,7 +7,13 @@ scheduler or detokenizer, or a scheduler silent for ``watchdog_timeout`` seconds
 waiting request with a 503, marks the server unhealthy and asks the launcher to exit.
 
 Invariant: every request registered here ends exactly once — finished by the scheduler,
-aborted (client gone or ``/abort_request``), or failed — and its state is removed then.
+aborted (client gone or ``/abort_request``), or failed (including by the shutdown drain's
+deadline) — and its state is removed then.
+
+Request ids: the scheduler sees an id made unique here (``<client rid>#<n>``), and the client
+sees its own. So a client may reuse an id, and an id in use cannot be probed by another client
+(a "duplicate id" error would say that it is live). ``/abort_request`` (an admin route) aborts
+every live request with the given client id.
 """
 
 from __future__ import annotations
@@ -21,12 +27,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixlm.config import EngineConfig, ServerConfig
+from radixlm.config import EngineConfig
 from radixlm.entrypoints.result import ResultBuilder, status_error
 from radixlm.errors import CapacityError, RadixLMError, RequestError
 from radixlm.server import codec
 from radixlm.server.io_struct import (
-    AbortRequest,
+    AbortRequests,
     BatchTextOutputs,
     ControlReply,
     FlushCacheReq,
@@ -43,18 +49,39 @@ from radixlm.server.native_request import (
     parse_generate,
     prompt_chars,
 )
+from radixlm.server.options import ServerConfig
 
 logger = logging.getLogger(__name__)
 
 
 class SchedulerUnavailable(CapacityError):
-    """The scheduler process died or hung; the server is shutting down."""
+    """The scheduler process died or hung, or the server is shutting down (503)."""
+
+
+class ServerDraining(SchedulerUnavailable):
+    """The shutdown drain's deadline passed before the request finished."""
+
+
+class ModelNotFound(RequestError):
+    """An OpenAI request for a model this server does not serve."""
+
+    http_status = 404
+    code = "model_not_found"
+    param = "model"
+
+    def __init__(self, model: Any, served: list[str]) -> None:
+        super().__init__(
+            f"the model {model!r} does not exist on this server; it serves {served} "
+            "(--served-model-name)"
+        )
 
 
 @dataclass
 class ReqState:
     builder: ResultBuilder
     wake: asyncio.Event  # shared by all requests of one call
+    client_rids: tuple[str, ...]  # the ids /abort_request finds it by (its own, its call's)
+    tenant: str | None = None  # the API key's tenant (--api-key-file)
     error: RadixLMError | None = None
     last_token_time: float = 0.0
 
@@ -103,10 +130,13 @@ class TokenizerManager:
         self._limits = NativeLimits.for_server(
             tokenizer, self.vocab_size, self.context_length, engine_config.max_n, reasoning
         )
-        self.served_model_name = server_config.served_model_name or os.path.basename(
-            os.path.normpath(engine_config.model_path)
-        )
-        self.states: dict[str, ReqState] = {}
+        self.model_names = server_config.model_names(engine_config.model_path)
+        self.served_model_name = self.model_names[0]
+        # What the OpenAI routes accept as "model" (anything else is a 404).
+        self.accepted_models = frozenset([*self.model_names, engine_config.model_path, "default"])
+        self.states: dict[str, ReqState] = {}  # by the scheduler-side (unique) request id
+        self._seq = 0  # makes scheduler-side request ids unique
+        self.draining = False
         self.health = Health()
         self._control: dict[str, deque[asyncio.Future]] = {"flush_cache": deque(), "stats": deque()}
         self._tasks: list[asyncio.Task] = []
@@ -131,24 +161,29 @@ class TokenizerManager:
         self._ctx.destroy(linger=0)
 
     # ---- generation ----------------------------------------------------------------------
-    async def generate(self, obj: Any) -> AsyncIterator[dict | list[dict]]:
+    async def generate(
+        self, obj: Any, tenant: str | None = None
+    ) -> AsyncIterator[dict | list[dict]]:
         """Native /generate. Non-stream: yields one result (a list for batches). Stream:
         yields cumulative chunks (with ``index`` for batches). Raises RadixLMError on bad
-        input before yielding. Closing the iterator early aborts unfinished requests."""
-        if (
-            prompt_chars(obj, self._limits) > OFF_LOOP_CHARS
-        ):  # long text: tokenize off the event loop
-            requests, metas, is_batch = await asyncio.to_thread(self._validate, obj)
-            for r in requests:  # checked again here: another request may have taken the id
-                if r.rid in self.states:
-                    raise RequestError(f"request id {r.rid!r} is already in use")
+        input before yielding. Closing the iterator early aborts unfinished requests (all of
+        the call's in one scheduler message). ``tenant`` (from the API key) puts the requests
+        in that tenant's prefix-cache namespace."""
+        if prompt_chars(obj, self._limits) > OFF_LOOP_CHARS:
+            requests, metas, is_batch = await asyncio.to_thread(self._validate, obj)  # long text
         else:
             requests, metas, is_batch = self._validate(obj)
         stream = bool(obj.get("stream"))
         wake = asyncio.Event()
         states = []
         for r, m in zip(requests, metas):
-            st = ReqState(ResultBuilder(m, self.tokenizer, detokenize=False), wake)
+            self._seq += 1
+            call_rid = m.rid.rsplit("_", 1)[0] if m.sampling.n > 1 else m.rid
+            r.rid = f"{m.rid}#{self._seq}"
+            r.tenant = tenant
+            st = ReqState(
+                ResultBuilder(m, self.tokenizer, detokenize=False), wake, (m.rid, call_rid), tenant
+            )
             self.states[r.rid] = st
             states.append(st)
         try:
@@ -164,6 +199,7 @@ class TokenizerManager:
                 results = [s.builder.to_dict() for s in states]
                 yield results if is_batch else results[0]
         finally:
+            unfinished = []
             for r, st in zip(requests, states):
                 self.states.pop(r.rid, None)
                 if st.builder.finished:
@@ -177,9 +213,12 @@ class TokenizerManager:
                         e2e_s=time.time() - b.created,
                         queue_s=b.queue_time,
                         aborted=True,
+                        tenant=st.tenant,
                     )
-                if st.error is None and self.health.healthy:
-                    await self._send.send(codec.encode(AbortRequest(r.rid, "client went away")))
+                if st.error is None or isinstance(st.error, ServerDraining):
+                    unfinished.append(r.rid)
+            if unfinished and self.health.healthy:
+                await self._send.send(codec.encode(AbortRequests(unfinished, "client went away")))
 
     async def _stream(self, states: list[ReqState], is_batch: bool) -> AsyncIterator[dict]:
         wake = states[0].wake
@@ -192,7 +231,9 @@ class TokenizerManager:
                     if is_batch:
                         chunk["index"] = st.builder.meta.index
                     yield chunk
-            if all(st.builder.finished for st in states):
+            # NOTE: updates arrive while a chunk is being sent (the yield): a finished request
+            # may hold one more, its last, which must still go out.
+            if all(st.builder.finished and not st.builder.dirty for st in states):
                 return
             if not any(st.builder.dirty for st in states):
                 await wake.wait()
@@ -205,15 +246,25 @@ class TokenizerManager:
                 raise st.error
 
     def _validate(self, obj: Any):
-        if not self.health.healthy:
-            raise SchedulerUnavailable(f"the server is shutting down: {self.health.reason}")
+        self._check_admitting()
         strict = self.engine_config.json_schema_unenforced == "reject"
         return parse_generate(
-            obj,
-            self._limits,
-            self.states,
-            check_schema=self.check_strict_schema if strict else None,
+            obj, self._limits, check_schema=self.check_strict_schema if strict else None
         )
+
+    def _check_admitting(self) -> None:
+        if not self.health.healthy:
+            raise SchedulerUnavailable(f"the server is shutting down: {self.health.reason}")
+        if self.draining:
+            raise SchedulerUnavailable(
+                "the server is shutting down and accepts no new requests; retry on another "
+                "replica or after it restarts"
+            )
+
+    def check_model(self, model: Any) -> None:
+        """An OpenAI ``model`` this server does not serve is a 404 naming the served ones."""
+        if model is not None and model not in self.accepted_models:
+            raise ModelNotFound(model, self.model_names)
 
     def check_strict_schema(self, schema: str) -> None:
         """A 400 now, naming each keyword and its JSON pointer, for a JSON schema this server's
@@ -224,11 +275,36 @@ class TokenizerManager:
         check_enforceable(schema, self.engine_config.grammar_backend)
 
     async def abort(self, rid: str) -> bool:
-        """Abort a live request (it finishes with type "abort"). False if unknown."""
-        if rid not in self.states:
-            return False
-        await self._send.send(codec.encode(AbortRequest(rid, "aborted by /abort_request")))
-        return True
+        """Abort every live request with client id ``rid`` (for ``n > 1``, the call's id
+        aborts all its samples); they finish with type "abort". False if there is none."""
+        found = [k for k, st in self.states.items() if rid in st.client_rids]
+        if found:
+            await self._send.send(codec.encode(AbortRequests(found, "aborted by /abort_request")))
+        return bool(found)
+
+    # ---- shutdown ------------------------------------------------------------------------
+    def begin_drain(self, timeout: float) -> None:
+        """Stop admitting requests; after ``timeout`` seconds end the unfinished ones with a
+        503 (:class:`ServerDraining`; streams get it as their last event)."""
+        if self.draining:
+            return
+        self.draining = True
+        logger.info(
+            "shutting down: %d request(s) in flight get %.0f s to finish",
+            len(self.states), timeout,
+        )  # fmt: skip
+        asyncio.get_running_loop().call_later(timeout, self._end_drain, timeout)
+
+    def _end_drain(self, timeout: float) -> None:
+        left = [st for st in self.states.values() if not st.builder.finished and st.error is None]
+        if left:
+            logger.warning("shutting down: ending %d unfinished request(s)", len(left))
+        for st in left:
+            st.error = ServerDraining(
+                f"the server shut down before this request finished (it had {timeout:.0f} s, "
+                "--graceful-shutdown-timeout); retry it"
+            )
+            st.wake.set()
 
     # ---- control -------------------------------------------------------------------------
     async def _control_call(self, kind: str, msg: Any, timeout: float = 30.0) -> ControlReply:
@@ -337,6 +413,7 @@ class TokenizerManager:
                 e2e_s=now - b.created,
                 queue_s=b.queue_time,
                 aborted=out.finished_reason.get("type") == "abort",
+                tenant=st.tenant,
             )
             if out.constraint is not None:
                 m.on_constrained_output(out.constraint)
