@@ -14,8 +14,9 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
-from radixlm.config import EngineConfig, ServerConfig
+from radixlm.config import EngineConfig
 from radixlm.errors import RadixLMError
+from radixlm.server.options import ServerConfig
 
 
 def add_engine_args(parser: argparse.ArgumentParser, cls: type = EngineConfig) -> None:
@@ -47,8 +48,8 @@ def engine_options(args: argparse.Namespace, cls: type = EngineConfig) -> dict[s
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from radixlm.config import ServerConfig
     from radixlm.server.launch import launch_server
+    from radixlm.server.options import ServerConfig
 
     engine_config = EngineConfig.from_options(**engine_options(args))
     server_config = ServerConfig(**engine_options(args, ServerConfig)).resolve()

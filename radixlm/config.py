@@ -27,7 +27,7 @@ QUANTIZATIONS = ("none", "w8a16")
 GRAMMAR_BACKENDS = ("auto", "llguidance", "outlines", "xgrammar", "none")
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -35,133 +35,135 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 class EngineConfig:
     """All runtime options. Build with :meth:`from_options`; never mutate (use ``replace``)."""
 
-    model_path: str | None = _opt(
+    model_path: str | None = option(
         None, "HF checkpoint directory; default: the bundled stories260K demo model"
     )
-    tokenizer_path: str | None = _opt(None, "tokenizer directory; default: model_path")
-    dtype: str = _opt(
+    tokenizer_path: str | None = option(None, "tokenizer directory; default: model_path")
+    dtype: str = option(
         "auto", "weight/activation dtype; auto = checkpoint dtype (fp32 → bf16 on CUDA)", DTYPES
     )
-    device: str = _opt("auto", "device to run on; auto = cuda if available else cpu", DEVICES)
-    attention_backend: str = _opt(
+    device: str = option("auto", "device to run on; auto = cuda if available else cpu", DEVICES)
+    attention_backend: str = option(
         "auto",
         "attention kernels; auto = flashinfer if installed, else triton, on CUDA; on CPU "
         "cpu_native (csrc/cpu) when the native kernels are in use, else torch_native",
         ATTENTION_BACKENDS,
     )
-    cpu_kernels: str = _opt(
+    cpu_kernels: str = option(
         "auto",
         "native CPU kernels (csrc/cpu: prepacked GEMM, paged decode attention, fused norm/RoPE/"
         "SiLU), built once per machine; auto = use them when they build on this CPU (AVX-512), "
         "else the torch path with a warning; native = require them; torch = never",
         CPU_KERNELS,
     )
-    quantization: str = _opt(
+    quantization: str = option(
         "none",
         "weight-only quantization; w8a16 = int8 weights with per-output-channel scales computed "
         "at load from the checkpoint, activations in --dtype (CPU, needs the native kernels)",
         QUANTIZATIONS,
     )
-    cuda_graph_max_bs: int = _opt(
+    cuda_graph_max_bs: int = option(
         256, "largest decode batch replayed from a captured CUDA graph (padded to captured sizes)"
     )
-    disable_cuda_graph: bool = _opt(False, "run decode batches eagerly on CUDA (no CUDA graphs)")
-    load_format: str = _opt(
+    disable_cuda_graph: bool = option(False, "run decode batches eagerly on CUDA (no CUDA graphs)")
+    load_format: str = option(
         "auto",
         "auto = read the checkpoint's safetensors; dummy = random weights drawn on the device "
         "(benchmarking a model shape from its config.json alone)",
         ("auto", "dummy"),
     )
-    context_length: int | None = _opt(
+    context_length: int | None = option(
         None, "max tokens per request (prompt + output); default: from config.json"
     )
-    max_total_tokens: int | None = _opt(
+    max_total_tokens: int | None = option(
         None, "KV pool size in tokens; default: from the memory budget"
     )
-    mem_fraction_static: float | None = _opt(
+    mem_fraction_static: float | None = option(
         None,
         "share of device memory (RAM on CPU) for weights + KV pool; default 0.85 on CUDA, 0.2 on CPU",
     )
-    max_running_requests: int | None = _opt(
+    max_running_requests: int | None = option(
         None, "max requests decoding at once; default: derived from the pool"
     )
-    max_n: int = _opt(
+    max_n: int = option(
         64,
         "most samples one request may ask for (n); a larger n is a 400 (it would queue n requests)",
     )
-    max_prefill_tokens: int = _opt(16384, "max new prompt tokens in one prefill batch")
-    chunked_prefill_size: int | None = _opt(
+    max_prefill_tokens: int = option(16384, "max new prompt tokens in one prefill batch")
+    chunked_prefill_size: int | None = option(
         None,
         "max new prompt tokens per step (longer prompts span steps); -1 disables; "
         "default 8192 on CUDA, 2048 on CPU",
     )
-    schedule_policy: str = _opt("lpm", "waiting-queue order", SCHEDULE_POLICIES)
-    schedule_aging_tokens_per_pass: int = _opt(
+    schedule_policy: str = option("lpm", "waiting-queue order", SCHEDULE_POLICIES)
+    schedule_aging_tokens_per_pass: int = option(
         32,
         "lpm/dfs-weight: each scheduling pass a request waits counts as this many matched "
         "tokens, so only requests arriving within longest_match // N + 1 passes can overtake a "
         "cache miss (no starvation); 0 disables",
     )
-    schedule_conservativeness: float = _opt(
+    schedule_conservativeness: float = option(
         1.0, "scales the reserved decode room; >1 retracts less, admits less"
     )
-    disable_radix_cache: bool = _opt(False, "never share KV between requests")
-    disable_overlap_schedule: bool = _opt(
+    disable_radix_cache: bool = option(False, "never share KV between requests")
+    disable_overlap_schedule: bool = option(
         False,
         "run each batch's forward on the scheduler thread instead of overlapping it with "
         "scheduling the next batch (overlap is the default on CUDA)",
     )
-    enable_overlap_schedule: bool = _opt(
+    enable_overlap_schedule: bool = option(
         False,
         "overlap scheduling on CPU too (off by default there: the forward and the scheduler "
         "share the cores, measured 0.84x in bench/results/serving_*)",
     )
-    stream_interval: int = _opt(1, "emit streamed output every N decode steps")
-    grammar_backend: str = _opt(
+    stream_interval: int = option(1, "emit streamed output every N decode steps")
+    grammar_backend: str = option(
         "auto",
         "constrained decoding backend: auto (per spec, the first backend that enforces it "
         "exactly: llguidance for JSON schema, outlines-core for regex), llguidance, outlines "
         "(outlines-core DFAs), xgrammar (pip install 'radixlm[xgrammar]'), none",
         GRAMMAR_BACKENDS,
     )
-    grammar_compile_timeout: float = _opt(
+    grammar_compile_timeout: float = option(
         30.0,
         "seconds a grammar may take to compile (time queued for a worker not counted) before "
         "the compile is killed and the request fails with a 400",
     )
-    grammar_compile_workers: int = _opt(
+    grammar_compile_workers: int = option(
         2, "worker processes that compile grammars (one slow compile holds only one of them)"
     )
-    grammar_compile_memory_mb: int = _opt(
+    grammar_compile_memory_mb: int = option(
         4096, "address-space limit of each grammar compile worker (MB); 0 = no limit"
     )
-    grammar_max_spec_chars: int = _opt(
+    grammar_max_spec_chars: int = option(
         262_144, "longest regex / JSON schema accepted (characters); longer ones are a 400"
     )
-    constrained_json_whitespace_pattern: str | None = _opt(
+    constrained_json_whitespace_pattern: str | None = option(
         None,
         "regex for the whitespace JSON schemas allow between tokens; default: none, the compact "
         'layout of json.dumps(separators=(",", ":")), so jump-forward appends long forced runs',
     )
-    json_schema_unenforced: str = _opt(
+    json_schema_unenforced: str = option(
         "ignore",
         "JSON schema keywords no grammar backend enforces (uniqueItems, not, …): ignore them "
         "(decode the rest exactly; the response names them) or reject such schemas with a 400",
         ("ignore", "reject"),
     )
-    disable_jump_forward: bool = _opt(
+    disable_jump_forward: bool = option(
         False, "sample forced grammar continuations token by token instead of appending them"
     )
-    random_seed: int = _opt(0, "seed of the sampler for requests without sampling_seed")
-    skip_tokenizer_init: bool = _opt(False, "do not load a tokenizer; requests must pass input_ids")
-    num_threads: int | None = _opt(None, "torch CPU threads; default: torch's choice")
-    disable_adaptive_threads: bool = _opt(
+    random_seed: int = option(0, "seed of the sampler for requests without sampling_seed")
+    skip_tokenizer_init: bool = option(
+        False, "do not load a tokenizer; requests must pass input_ids"
+    )
+    num_threads: int | None = option(None, "torch CPU threads; default: torch's choice")
+    disable_adaptive_threads: bool = option(
         False,
         "CPU decode: keep --num-threads fixed. By default every 400 decode steps try one "
         "thread fewer (or back) for 8 steps and keep the faster, so a core taken by another "
         "process slows decode in proportion instead of stalling every parallel region",
     )
-    log_level: str = _opt(
+    log_level: str = option(
         "info", "logging level of entry points", ("debug", "info", "warning", "error")
     )
 
@@ -188,7 +190,7 @@ class EngineConfig:
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
-            _check_type(f.name, str(f.type), value)
+            check_type(f.name, str(f.type), value)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}={value!r} is invalid; choose one of {list(choices)}")
         for name in (
@@ -304,7 +306,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _check_type(name: str, annotation: str, value: Any) -> None:
+def check_type(name: str, annotation: str, value: Any) -> None:
     """Check ``value`` against a field annotation such as ``"int | None"``."""
     parts = [p.strip() for p in annotation.split("|")]
     if value is None and "None" in parts:
@@ -337,74 +339,3 @@ def _default_attention_backend(device: str, cpu_kernels: str) -> str:
 
 def _default_device() -> str:
     return "cuda" if _cuda_available() else "cpu"
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Options of the HTTP server (``radixlm serve``) on top of :class:`EngineConfig`."""
-
-    host: str = _opt("127.0.0.1", "address to listen on")
-    port: int = _opt(30000, "port to listen on")
-    api_key: str | None = _opt(
-        None, "require 'Authorization: Bearer <key>' on every route except /health*"
-    )
-    served_model_name: str | None = _opt(
-        None, "model name in the OpenAI API; default: the model directory's name"
-    )
-    chat_template: str | None = _opt(
-        None,
-        "chat template for /v1/chat/completions: a name (chatml, llama-2-chat, "
-        "llama-3-instruct, mistral, qwen, plain) or a Jinja file; default: the tokenizer's",
-    )
-    tool_call_parser: str | None = _opt(
-        None,
-        "how the model writes tool calls: hermes (Hermes/Qwen2.5/Qwen3), llama3_json, mistral; "
-        "default: the one the chat template implies (requests with tools get a 400 if none)",
-    )
-    reasoning_parser: str | None = _opt(
-        None,
-        "split <think>...</think> reasoning from the answer in chat responses "
-        "(reasoning_content): deepseek-r1 or qwen3; constraints then apply after the reasoning",
-    )
-    max_request_bytes: int = _opt(
-        16 * 1024 * 1024, "largest request body accepted (bytes); a larger one is a 413"
-    )
-    enable_metrics: bool = _opt(False, "serve Prometheus metrics at /metrics")
-    decode_log_interval: int = _opt(40, "log one batch-statistics line every N scheduler steps")
-    watchdog_timeout: float = _opt(
-        300.0, "seconds without a scheduler heartbeat before the server declares it hung and exits"
-    )
-    health_check_timeout: float = _opt(20.0, "seconds /health_generate waits for its token")
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def resolve(self) -> ServerConfig:
-        for f in fields(self):
-            _check_type(f.name, str(f.type), getattr(self, f.name))
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port must be in 1..65535, got {self.port}")
-        if self.decode_log_interval < 1:
-            raise ConfigError("decode_log_interval must be >= 1")
-        if self.watchdog_timeout <= 0 or self.health_check_timeout <= 0:
-            raise ConfigError("watchdog_timeout and health_check_timeout must be > 0")
-        if self.max_request_bytes < 1024:
-            raise ConfigError(f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
-        if self.api_key == "":
-            raise ConfigError("api_key must not be empty (omit it to disable authentication)")
-        if self.tool_call_parser is not None:
-            from radixlm.function_call.formats import get_format
-
-            try:
-                get_format(self.tool_call_parser)
-            except KeyError as e:
-                raise ConfigError(str(e.args[0])) from e
-        if self.reasoning_parser is not None:
-            from radixlm.reasoning import get_reasoning_format
-
-            try:
-                get_reasoning_format(self.reasoning_parser)
-            except ValueError as e:
-                raise ConfigError(str(e)) from e
-        return self

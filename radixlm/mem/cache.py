@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 # Requests share cached KV only within one namespace (None: the shared one). The scheduler uses
-# ``(extra_key, cache_salt)``; any hashable works.
+# ``(tenant, extra_key, cache_salt)``; any hashable works.
 Namespace = Hashable | None
 
 

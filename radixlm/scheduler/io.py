@@ -27,6 +27,8 @@ class TokenizedRequest:
     seed_offset: int = 0  # i-th of n parallel samples draws with sampling_seed + i
     # Prefix-cache namespace: requests share cached KV only when both fields are equal.
     cache_salt: str | None = None
+    # The API-key tenant (server ``--api-key-file``): a prefix-cache namespace of its own.
+    tenant: str | None = None
     extra_key: str | None = None
     # ``require_reasoning``: (start, end) token ids of the thinking markers; the request's
     # constraint applies only after the reasoning (constrained/reasoning_gate.py).
@@ -36,6 +38,15 @@ class TokenizedRequest:
 @dataclass
 class AbortRequest:
     rid: str
+    message: str = "aborted by request"
+
+
+@dataclass
+class AbortRequests:
+    """Abort several requests in one scheduler step (e.g. the ``n`` samples of a call whose
+    client left): they leave the queue in one pass."""
+
+    rids: list[str]
     message: str = "aborted by request"
 
 

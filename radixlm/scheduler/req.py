@@ -51,7 +51,7 @@ class Req:
     logprob_start_len: int = -1  # -1: no prompt logprobs
     top_logprobs_num: int = 0
     seed_offset: int = 0
-    cache_namespace: tuple[str | None, str | None] | None = None  # (extra_key, cache_salt)
+    cache_namespace: tuple[str | None, ...] | None = None  # (tenant, extra_key, cache_salt)
     arrival: float = field(default_factory=time.monotonic)
     waiting_passes: int = 0  # scheduling passes spent waiting since (re)queued (aging)
 
@@ -137,8 +137,8 @@ class Req:
             grammar_spec=spec,
             reasoning_markers=tr.reasoning_markers if spec is not None else None,
             cache_namespace=(
-                (tr.extra_key, tr.cache_salt)
-                if tr.extra_key is not None or tr.cache_salt is not None
+                (tr.tenant, tr.extra_key, tr.cache_salt)
+                if tr.tenant is not None or tr.extra_key is not None or tr.cache_salt is not None
                 else None
             ),
         )

@@ -36,7 +36,7 @@ from radixlm.scheduler.batch import ScheduleBatch
 from radixlm.scheduler.decode import DecodeScheduling
 from radixlm.scheduler.executor import BatchExecutor, ForwardThread
 from radixlm.scheduler.grammar import GrammarManager
-from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
+from radixlm.scheduler.io import AbortRequest, AbortRequests, ReqOutput, TokenizedRequest
 from radixlm.scheduler.policy import (
     NewTokenRatio,
 )
@@ -103,12 +103,14 @@ class Scheduler(BatchProcessing, PrefillScheduling, DecodeScheduling):
             else:
                 self.waiting.append(req)
 
-    def abort_request(self, msg: AbortRequest) -> None:
-        """Mark a live request; it is finished with type "abort" at the next step."""
-        req = self.reqs.get(msg.rid)
-        if req is not None and not req.finished and req.to_abort is None:
-            req.to_abort = msg.message
-            self._aborts.append(req)
+    def abort_request(self, msg: AbortRequest | AbortRequests) -> None:
+        """Mark live requests; they finish with type "abort" together at the next step."""
+        rids = msg.rids if isinstance(msg, AbortRequests) else [msg.rid]
+        for rid in rids:
+            req = self.reqs.get(rid)
+            if req is not None and not req.finished and req.to_abort is None:
+                req.to_abort = msg.message
+                self._aborts.append(req)
 
     def has_work(self) -> bool:
         return self.has_runnable_work() or bool(self.grammars.queue)
@@ -181,19 +183,18 @@ class Scheduler(BatchProcessing, PrefillScheduling, DecodeScheduling):
         return batch
 
     def _apply_aborts(self) -> None:
-        aborts, self._aborts = self._aborts, []
+        aborts = [req for req in self._aborts if not req.finished]
+        self._aborts = []
+        if not aborts:
+            return
+        gone = {id(req) for req in aborts}  # one pass over each queue, however many aborts
+        self.waiting[:] = [req for req in self.waiting if id(req) not in gone]
+        self.running[:] = [req for req in self.running if id(req) not in gone]
+        if self.chunked_req is not None and id(self.chunked_req) in gone:
+            self.chunked_req = None
         for req in aborts:
-            if req.finished:
-                continue
-            reason = FinishReason("abort", message=req.to_abort)
             self.grammars.remove(req)
-            if req in self.waiting:
-                self.waiting.remove(req)
-            if req in self.running:
-                self.running.remove(req)
-            if req is self.chunked_req:
-                self.chunked_req = None
-            req.finished_reason = reason
+            req.finished_reason = FinishReason("abort", message=req.to_abort)
             self._release(req)
 
     # ---- maintenance ---------------------------------------------------------------------

@@ -16,7 +16,13 @@ import marshal
 from typing import Any
 
 from radixlm.sampling_params import SamplingParams
-from radixlm.scheduler.io import AbortRequest, DetokInit, ReqOutput, TokenizedRequest
+from radixlm.scheduler.io import (
+    AbortRequest,
+    AbortRequests,
+    DetokInit,
+    ReqOutput,
+    TokenizedRequest,
+)
 from radixlm.server import io_struct
 
 MARK = b"\x00radixlm"
@@ -26,6 +32,7 @@ _TYPES: list[type] = [
     SamplingParams,
     TokenizedRequest,
     AbortRequest,
+    AbortRequests,
     ReqOutput,
     DetokInit,
     io_struct.GenerateReqs,

@@ -20,6 +20,7 @@ from radixlm.server.ipc import (
     IpcNames,
     configure_child_logging,
     exit_when_parent_dies,
+    ignore_stop_signals,
     pull_socket,
     push_socket,
 )
@@ -33,6 +34,7 @@ MAX_STATES = 65536
 def run_detokenizer_process(config: EngineConfig, ipc: IpcNames, parent_pid: int) -> None:
     configure_child_logging(config.log_level, "detokenizer")
     exit_when_parent_dies(parent_pid)
+    ignore_stop_signals(parent_pid)
     import zmq
 
     from radixlm.tokenizer import load_tokenizer

@@ -8,7 +8,6 @@ A client that disconnects — streaming or not — has its requests aborted (the
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from radixlm import __version__
 from radixlm.errors import RadixLMError
+from radixlm.server.auth import AuthMiddleware, load_api_keys, tenant_of
 from radixlm.server.http_util import (
     SSE_DONE,
     ClientDisconnected,
@@ -32,8 +32,6 @@ from radixlm.server.request_body import BodyLimitMiddleware, parse_json_bytes
 from radixlm.server.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
-
-OPEN_PATHS = ("/health", "/health_generate", "/metrics")
 
 
 def error_json(status: int, message: str) -> JSONResponse:
@@ -66,55 +64,20 @@ async def _sse_events(first: Any, it: AsyncIterator[Any]) -> AsyncIterator[str]:
     yield SSE_DONE
 
 
-class ApiKeyMiddleware:
-    """Require ``Authorization: Bearer <key>`` except on OPTIONS and the health/metrics routes.
-
-    NOTE: a plain ASGI middleware, not ``@app.middleware("http")``: Starlette's
-    BaseHTTPMiddleware wraps ``receive`` so that handlers never see the client disconnect,
-    and a request whose client left would then run to completion instead of being aborted.
-    """
-
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app = app
-        self.key = api_key.encode()
-
-    def _authorized(self, header: bytes | None) -> bool:
-        """``<scheme> <key>`` with the scheme ``Bearer`` in any case (RFC 7235); the key is
-        compared in constant time."""
-        scheme, _, token = (header or b"").strip().partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] == "OPTIONS"
-            or scope["path"].startswith(OPEN_PATHS)
-            or self._authorized(dict(scope["headers"]).get(b"authorization"))
-        ):
-            await self.app(scope, receive, send)
-            return
-        if scope["path"].startswith("/v1"):
-            body = {
-                "error": {
-                    "message": "Unauthorized: pass 'Authorization: Bearer <api key>'",
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": 401,
-                }
-            }
-        else:
-            body = {"error": "Unauthorized"}
-        await JSONResponse(body, status_code=401)(scope, receive, send)
-
-
 def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="RadixLM", version=__version__, lifespan=lifespan)
     app.state.tm = tm
     cfg = tm.server_config
 
+    keys: dict[bytes, str | None] = {}
+    if cfg.api_key_file is not None:
+        keys.update(load_api_keys(cfg.api_key_file))
     if cfg.api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_request_bytes)
+        keys[cfg.api_key.encode()] = None
+    app.add_middleware(AuthMiddleware, keys=keys, admin_key=cfg.admin_api_key)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=cfg.max_request_bytes, read_timeout=cfg.read_timeout
+    )
 
     @app.exception_handler(RadixLMError)
     async def on_radixlm_error(request: Request, e: RadixLMError):
@@ -127,7 +90,7 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
         streaming = False
         try:
             obj = await _json_body(request)
-            it = tm.generate(obj)
+            it = tm.generate(obj, tenant_of(request.scope))
             first = await next_unless_disconnected(request, it)
             if isinstance(obj, dict) and obj.get("stream"):
                 streaming = True
@@ -141,7 +104,7 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
             if not streaming:
                 await close_quietly(it)  # aborts what is unfinished
 
-    @app.post("/abort_request")
+    @app.post("/abort_request")  # an admin route (server/auth.py)
     async def abort_request(request: Request) -> Response:
         obj = await _json_body(request)
         rid = obj.get("rid") if isinstance(obj, dict) else None
@@ -171,7 +134,9 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
         info: dict[str, Any] = {
             k: getattr(tm.engine_config, k) for k in tm.engine_config.field_names()
         }
-        info.update({k: getattr(cfg, k) for k in cfg.field_names() if k != "api_key"})
+        info.update(
+            {k: getattr(cfg, k) for k in cfg.field_names() if k not in ("api_key", "admin_api_key")}
+        )
         info.update(tm.ready.server_info())
         info.update(
             served_model_name=tm.served_model_name,
@@ -189,7 +154,7 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
         )
         return JSONResponse(info)
 
-    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    @app.api_route("/flush_cache", methods=["GET", "POST"])  # an admin route (server/auth.py)
     async def flush_cache() -> Response:
         if await tm.flush_cache():
             return PlainTextResponse("Cache flushed.\n")
@@ -200,9 +165,11 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        if tm.health.healthy:
-            return Response(status_code=200)
-        return PlainTextResponse(f"unhealthy: {tm.health.reason}\n", status_code=503)
+        if not tm.health.healthy:
+            return PlainTextResponse(f"unhealthy: {tm.health.reason}\n", status_code=503)
+        if tm.draining:
+            return PlainTextResponse("unhealthy: shutting down\n", status_code=503)
+        return Response(status_code=200)
 
     @app.get("/health_generate")
     async def health_generate() -> Response:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixlm.scheduler.io import AbortRequest, ReqOutput, TokenizedRequest
+from radixlm.scheduler.io import AbortRequest, AbortRequests, ReqOutput, TokenizedRequest
 
 
 @dataclass
@@ -125,6 +125,7 @@ class BatchTextOutputs:
 
 __all__ = [
     "AbortRequest",
+    "AbortRequests",
     "BatchOutputs",
     "BatchTextOutputs",
     "ControlReply",

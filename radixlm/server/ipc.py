@@ -86,6 +86,22 @@ def exit_when_parent_dies(parent_pid: int) -> None:
     threading.Thread(target=watch, name="radixlm-parent-watch", daemon=True).start()
 
 
+def ignore_stop_signals(parent_pid: int) -> None:
+    """SIGINT and SIGTERM are for the main process, which drains the server and then stops
+    this child: a Ctrl-C or a service manager signals the whole process group, and a child
+    that died first would fail the requests still draining. A signal here is logged, not
+    obeyed (the main process, or SIGKILL, stops the child)."""
+
+    def ignore(signum: int, frame: object) -> None:
+        logger.info(
+            "%s ignored: the server stops through its main process (pid %d)",
+            signal.Signals(signum).name, parent_pid,
+        )  # fmt: skip
+
+    signal.signal(signal.SIGINT, ignore)
+    signal.signal(signal.SIGTERM, ignore)
+
+
 def configure_child_logging(level: str, name: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),

@@ -1,9 +1,11 @@
 """Start the server: spawn the scheduler and detokenizer, wait for their handshake, serve HTTP.
 
 Phases (one INFO line each): processes spawned → tokenizer loaded → scheduler ready (KV pool,
-limits) → detokenizer ready → listening. The port opens only after the handshake. On exit —
-Ctrl-C, SIGTERM, or a fatal watchdog verdict — the children are stopped and the IPC directory
-removed; the exit code is non-zero when a child died or hung, or start-up failed.
+limits) → detokenizer ready → listening. The port is bound first (a busy port fails at once)
+and accepts connections only after the handshake. On Ctrl-C or SIGTERM — to this process or to
+its whole group — the server drains (``serving.DrainingServer``); the children ignore those
+signals and are stopped here afterwards. On a fatal watchdog verdict it exits at once. The exit
+code is non-zero when a child died or hung, or start-up failed.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ import logging
 import multiprocessing
 import os
 import socket
-import time
 from contextlib import asynccontextmanager
 
-from radixlm.config import EngineConfig, ServerConfig
+from radixlm.config import EngineConfig
 from radixlm.errors import ModelLoadError
 from radixlm.server import codec
 from radixlm.server.detokenizer_process import run_detokenizer_process
 from radixlm.server.io_struct import DetokenizerReady, SchedulerFailed, SchedulerReady
 from radixlm.server.ipc import IpcNames, pull_socket
+from radixlm.server.options import ServerConfig
 from radixlm.server.scheduler_process import run_scheduler_process
 from radixlm.server.tokenizer_manager import ChildProcess, TokenizerManager
 
@@ -72,15 +74,13 @@ def _wait_for_children(ipc: IpcNames, children: list[ChildProcess]) -> Scheduler
 
 
 def _stop(children: list[ChildProcess]) -> None:
+    """SIGKILL: the children ignore SIGTERM/SIGINT (see ``ignore_stop_signals``), and hold
+    nothing that needs a clean exit (the IPC directory is removed here)."""
     for c in children:
-        if c.process.is_alive():
-            c.process.terminate()
-    deadline = time.monotonic() + 5
-    for c in children:
-        c.process.join(max(0.0, deadline - time.monotonic()))
         if c.process.is_alive():
             c.process.kill()
-            c.process.join(1)
+    for c in children:
+        c.process.join(5)
 
 
 def bind_listen_socket(host: str, port: int) -> socket.socket:
@@ -110,10 +110,9 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
 
 def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> int:
     """Run until stopped; returns the process exit code."""
-    import uvicorn
-
     from radixlm.server.chat_template import resolve_chat_template
     from radixlm.server.http_server import create_app
+    from radixlm.server.serving import make_server
     from radixlm.server.tool_setup import reasoning_for, tool_format_for
     from radixlm.tokenizer import load_tokenizer
 
@@ -187,17 +186,7 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
             await tm.stop()
 
         app = create_app(tm, lifespan)
-        level = engine_config.log_level
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=server_config.host,
-                port=server_config.port,
-                log_level="warning" if level == "info" else level,
-                access_log=level == "debug",
-                timeout_graceful_shutdown=5,
-            )
-        )
+        server = make_server(app, tm, server_config, engine_config.log_level)
         exit_code = 0
 
         def on_fatal(reason: str) -> None:

@@ -57,6 +57,16 @@ class ServerMetrics:
         def histogram(name: str, doc: str, buckets: Sequence[float]) -> HistogramChild:
             return reg.histogram(f"radixlm:{name}", doc, buckets, lab).labels(**m)
 
+        tl = ("model_name", "tenant")  # --api-key-file tenants; a series appears on first use
+        self.tenant_requests = reg.counter(
+            "radixlm:tenant_requests_total", "Finished requests per API-key tenant.", tl
+        )
+        self.tenant_prompt_tokens = reg.counter(
+            "radixlm:tenant_prompt_tokens_total", "Prompt tokens per API-key tenant.", tl
+        )
+        self.tenant_generation_tokens = reg.counter(
+            "radixlm:tenant_generation_tokens_total", "Generated tokens per API-key tenant.", tl
+        )
         self.prompt_tokens = counter("prompt_tokens_total", "Number of prefill tokens processed.")
         self.generation_tokens = counter(
             "generation_tokens_total", "Number of generation tokens processed."
@@ -132,8 +142,10 @@ class ServerMetrics:
         e2e_s: float,
         queue_s: float | None,
         aborted: bool,
+        tenant: str | None = None,
     ) -> None:
-        """A request ended (finished or aborted): add its token counts and latencies.
+        """A request ended (finished or aborted): add its token counts and latencies (and to
+        its tenant's counters, for a request authorized by an ``--api-key-file`` key).
 
         NOTE: as in SGLang, an aborted request is also counted in ``num_requests_total`` and its
         (truncated) ``e2e_s`` is observed; ``queue_s`` is None when it never left the queue.
@@ -147,6 +159,11 @@ class ServerMetrics:
         self.e2e_request_latency.observe(e2e_s)
         if queue_s is not None:
             self.queue_time.observe(queue_s)
+        if tenant is not None:
+            labels = {"model_name": self.model_name, "tenant": tenant}
+            self.tenant_requests.labels(**labels).inc()
+            self.tenant_prompt_tokens.labels(**labels).inc(prompt_tokens)
+            self.tenant_generation_tokens.labels(**labels).inc(completion_tokens)
 
     def on_constrained_output(self, report: dict) -> None:
         """A constrained request finished with ``report`` (``meta_info["constraint"]``)."""

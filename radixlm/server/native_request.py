@@ -8,7 +8,7 @@ the field; nothing is queued here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,11 +87,10 @@ def reasoning_markers(require_reasoning: bool | None, reasoning: Any) -> tuple[i
 def parse_generate(
     obj: Any,
     limits: NativeLimits,
-    live: Container[str],
     check_schema: Callable[[str], None] | None = None,
 ):
-    """``(requests, metas, is_batch)`` of a ``/generate`` body; ``live``: request ids in use;
-    ``check_schema``: the strict JSON-schema check (``--json-schema-unenforced reject``)."""
+    """``(requests, metas, is_batch)`` of a ``/generate`` body (request ids as the client gave
+    them; the tokenizer manager makes them unique); ``check_schema``: the strict JSON-schema check (``--json-schema-unenforced reject``)."""
     if not isinstance(obj, dict):
         raise RequestError("the request body must be a JSON object")
     unknown = sorted(k for k in obj if k not in GENERATE_FIELDS | NULL_ONLY_FIELDS)
@@ -129,8 +128,6 @@ def parse_generate(
                 f"{limits.context_length - 1} (context length {limits.context_length}); "
                 "shorten the prompt"
             )
-        if r.rid in live:
-            raise RequestError(f"request id {r.rid!r} is already in use")
         if check_schema is not None and r.sampling.json_schema is not None:
             check_schema(r.sampling.json_schema)
     return requests, metas, is_batch

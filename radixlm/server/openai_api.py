@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from radixlm.errors import RadixLMError
+from radixlm.server.auth import tenant_of
 from radixlm.server.chat_template import ChatTemplate
 from radixlm.server.http_util import (
     SSE_DONE,
@@ -50,7 +51,8 @@ OFF_LOOP_BYTES = 262_144
 class GenerateBackend(Protocol):
     """What the routes need from the server (implemented by the tokenizer manager)."""
 
-    served_model_name: str
+    served_model_name: str  # the reported name
+    model_names: list[str]  # every served name (aliases), the reported one first
     tokenizer: Any | None
     context_length: int
     chat_template: ChatTemplate
@@ -61,9 +63,15 @@ class GenerateBackend(Protocol):
         """Raise a RequestError naming what the grammar backend cannot enforce exactly."""
         ...
 
-    def generate(self, obj: dict[str, Any]) -> AsyncIterator[dict | list[dict]]:
+    def check_model(self, model: Any) -> None:
+        """Raise a 404 RequestError for a ``model`` (None: absent) this server does not serve."""
+        ...
+
+    def generate(
+        self, obj: dict[str, Any], tenant: str | None = None
+    ) -> AsyncIterator[dict | list[dict]]:
         """Native ``/generate``: raises RadixLMError before the first item on bad input; closing
-        the iterator early aborts the unfinished requests."""
+        the iterator early aborts the unfinished requests. ``tenant``: the API key's tenant."""
         ...
 
 
@@ -79,16 +87,18 @@ def create_openai_router(get_backend: Callable[[], GenerateBackend]) -> APIRoute
             backend = get_backend()
         except RadixLMError as e:
             return error_response(e)
-        name = backend.served_model_name
-        card = {
-            "id": name,
-            "object": "model",
-            "created": created,
-            "owned_by": "radixlm",
-            "root": name,
-            "max_model_len": backend.context_length,
-        }
-        return JSONResponse({"object": "list", "data": [card]})
+        cards = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "radixlm",
+                "root": backend.served_model_name,
+                "max_model_len": backend.context_length,
+            }
+            for name in backend.model_names
+        ]
+        return JSONResponse({"object": "list", "data": cards})
 
     @router.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -122,7 +132,7 @@ async def _handle(
             call = await asyncio.to_thread(lambda: parse(parse_json_body(raw), backend))
         else:
             call = parse(parse_json_body(raw), backend)
-        it = backend.generate(call.native)
+        it = backend.generate(call.native, tenant_of(request.scope))
         # The first item is awaited here so a bad request is an HTTP error, not a stream event.
         first = await next_unless_disconnected(request, it)
         if call.stream:

@@ -87,7 +87,8 @@ def error_body(e: Exception) -> tuple[int, dict[str, Any]]:
     # An internal exception's text stays in the server log (the route logs it), not the reply.
     message = str(e) if isinstance(e, RadixLMError) else INTERNAL_ERROR
     kind = "invalid_request_error" if status < 500 else "server_error"
-    err = {"message": message, "type": kind, "param": getattr(e, "param", None), "code": status}
+    code = getattr(e, "code", None) or status  # e.g. "model_not_found", as OpenAI sends it
+    err = {"message": message, "type": kind, "param": getattr(e, "param", None), "code": code}
     return status, {"error": err}
 
 
@@ -160,6 +161,7 @@ def _common(
     rid = body.get("rid")
     if rid is not None and not isinstance(rid, str):
         raise OpenAIRequestError("rid must be a string", "rid")
+    backend.check_model(body.get("model"))
     prefix = "cmpl" if kind == "completion" else "chatcmpl"
     call = OpenAICall(
         kind=kind,

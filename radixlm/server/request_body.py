@@ -1,9 +1,10 @@
-"""Request bodies: a size limit on every route, and parsing as JSON with the checks every
-route shares.
+"""Request bodies: a size limit and a read deadline on every route, and parsing as JSON with
+the checks every route shares.
 
 :class:`BodyLimitMiddleware` refuses a body over ``--max-request-bytes`` with a 413: at once
 from its ``Content-Length``, or (chunked uploads) as soon as the bytes read pass the limit, so
-an oversized body is never held whole in memory.
+an oversized body is never held whole in memory. A body not complete ``--read-timeout``
+seconds after its headers is a 408, and the connection is closed.
 
 Invariant: any body a client can send either parses into plain JSON values whose strings are
 valid Unicode (so they encode to UTF-8 wherever they go next: the tokenizer, the logs, the
@@ -14,8 +15,10 @@ JSON, but no character) are 400s, never an exception deeper in the server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -35,15 +38,30 @@ class BodyTooLargeError(RequestError):
         )
 
 
-class BodyLimitMiddleware:
-    """Pure ASGI (as ``ApiKeyMiddleware``, so that client disconnects still reach the routes):
-    a declared ``Content-Length`` over the limit is answered 413 before anything is read; a
-    body without one raises :class:`BodyTooLargeError` from ``receive`` once it passes the
-    limit, which the routes answer like any request error."""
+class BodyReadTimeout(RequestError):
+    """The client did not send the whole body within ``--read-timeout`` seconds."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    http_status = 408
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"the request body did not arrive within {timeout:g} s (--read-timeout); send it "
+            "whole, without pauses"
+        )
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI (not Starlette's BaseHTTPMiddleware, which hides client disconnects from the
+    routes): a declared ``Content-Length`` over the limit is answered 413 before anything is
+    read; a body without one raises :class:`BodyTooLargeError` from ``receive`` once it passes
+    the limit, and a body still incomplete at the deadline raises :class:`BodyReadTimeout`;
+    the routes answer both like any request error. Once the body is complete, ``receive``
+    (which then only reports the client leaving) has no deadline."""
+
+    def __init__(self, app: Any, max_bytes: int, read_timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -58,19 +76,36 @@ class BodyLimitMiddleware:
             await JSONResponse(body, status_code=413)(scope, receive, send)
             return
         seen = 0
+        complete = timed_out = False
+        deadline = time.monotonic() + self.read_timeout
 
         async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete, timed_out
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except TimeoutError:
+                timed_out = True
+                raise BodyReadTimeout(self.read_timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body")
                 if seen > self.max_bytes:
                     if message.get("more_body"):
                         await self._drain(receive, seen)
                     raise BodyTooLargeError(self.max_bytes)
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: dict) -> None:
+            # After a timed-out body, close the connection once answered: the unread rest of
+            # the body would otherwise be parsed as the next request.
+            if timed_out and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"connection", b"close")]}  # fmt: skip
+            await send(message)
+
+        await self.app(scope, limited_receive, closing_send)
 
     async def _drain(self, receive: Any, seen: int) -> None:
         """Read and drop the rest of a refused body (up to 4x the limit), so that a client

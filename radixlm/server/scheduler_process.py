@@ -20,6 +20,7 @@ from radixlm.errors import RadixLMError
 from radixlm.server import codec
 from radixlm.server.io_struct import (
     AbortRequest,
+    AbortRequests,
     BatchOutputs,
     ControlReply,
     FlushCacheReq,
@@ -34,6 +35,7 @@ from radixlm.server.ipc import (
     IpcNames,
     configure_child_logging,
     exit_when_parent_dies,
+    ignore_stop_signals,
     pull_socket,
     push_socket,
 )
@@ -51,6 +53,7 @@ def run_scheduler_process(
     """Entry point of the child process (spawned)."""
     configure_child_logging(config.log_level, "scheduler")
     exit_when_parent_dies(parent_pid)
+    ignore_stop_signals(parent_pid)
     import zmq
 
     ctx = zmq.Context()
@@ -134,7 +137,7 @@ class SchedulerLoop:
             except RadixLMError as e:
                 rids = [r.rid for r in msg.requests]
                 self.to_main.send(codec.encode(RequestRejected(rids, str(e), e.http_status)))
-        elif isinstance(msg, AbortRequest):
+        elif isinstance(msg, (AbortRequest, AbortRequests)):
             sched.abort_request(msg)
         elif isinstance(msg, FlushCacheReq):
             ok = sched.flush_cache()

@@ -35,6 +35,7 @@ class EngineBackend:
     def __init__(self, engine: radixlm.Engine) -> None:
         self.engine = engine
         self.served_model_name = MODEL
+        self.model_names = [MODEL]
         self.tokenizer = engine.tokenizer
         self.context_length = engine.get_server_info()["context_length"]
         self.chat_template = resolve_chat_template(engine.tokenizer, None)
@@ -45,7 +46,13 @@ class EngineBackend:
         """Run ``fn`` on the engine thread (for tests reading the engine directly)."""
         return self.pool.submit(fn, *args).result()
 
-    async def generate(self, obj: dict[str, Any]):
+    def check_model(self, model: Any) -> None:
+        if model not in (None, MODEL, "default"):
+            from radixlm.server.tokenizer_manager import ModelNotFound
+
+            raise ModelNotFound(model, self.model_names)
+
+    async def generate(self, obj: dict[str, Any], tenant: str | None = None):
         kwargs = dict(obj)
         prompt = kwargs.pop("text", None)
         loop = asyncio.get_running_loop()
@@ -128,7 +135,7 @@ def test_greedy_chat_and_completion_match_engine(server, client):
     assert chat.usage.prompt_tokens == len(ids)
     assert chat.usage.completion_tokens == len(ref["output_ids"])
 
-    comp = client.completions.create(model="any-name", prompt=STORY, temperature=0, max_tokens=20)
+    comp = client.completions.create(model="default", prompt=STORY, temperature=0, max_tokens=20)
     sp = {"temperature": 0, "max_new_tokens": 20}
     ref = backend.call(lambda: backend.engine.generate(STORY, sp))
     assert comp.model == MODEL and comp.object == "text_completion"

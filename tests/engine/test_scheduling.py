@@ -128,6 +128,28 @@ def test_abort_waiting_request(make_engine):
     assert finals["x"]["meta_info"]["finish_reason"]["type"] in ("length", "stop")
 
 
+def test_group_abort_leaves_queue_in_one_step(make_engine):
+    """AbortRequests (the n samples of a call whose client left): every one, running or
+    waiting, finishes "abort" at the next step, and the KV is back to idle."""
+    from radixlm.sampling_params import SamplingParams
+    from radixlm.scheduler.io import AbortRequests, TokenizedRequest
+
+    engine = make_engine(max_running_requests=2)
+    sched = engine.scheduler
+    sp = SamplingParams.from_dict({"max_new_tokens": 50, "ignore_eos": True})
+    rids = [f"g_{k}" for k in range(12)]
+    sched.add_requests([TokenizedRequest(r, [1, 2, 3, 4 + k], sp) for k, r in enumerate(rids)])
+    sched.step()
+    sched.step()
+    assert len(sched.running) == 2 and len(sched.waiting) == 10
+    sched.abort_request(AbortRequests(rids, "client went away"))
+    outputs = sched.step()
+    aborted = {o.rid for o in outputs if (o.finished_reason or {}).get("type") == "abort"}
+    assert aborted == set(rids)
+    assert not sched.waiting and not sched.running and not sched.reqs
+    assert not sched.has_runnable_work()
+
+
 def test_streaming_text_is_cumulative_and_ends_at_final(make_engine):
     engine = make_engine()
     params = {"temperature": 0, "max_new_tokens": 30, "stop": ["park"]}

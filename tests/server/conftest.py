@@ -25,15 +25,23 @@ STARTUP_TIMEOUT = 120.0
 class Server:
     """A running ``radixlm serve`` with helpers for the native API."""
 
-    def __init__(self, *args: str, log_path: str) -> None:
+    def __init__(self, *args: str, log_path: str, new_session: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         cmd = [sys.executable, "-m", "radixlm.launch_server", "--port", str(self.port)]
         cmd += ["--num-threads", "1", "--max-total-tokens", "20000", *args]
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        # new_session: its own process group, for tests that signal the whole group
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=new_session
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.proc.kill()  # a server that never got ready is not left running
+            self.proc.wait(10)
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -156,8 +164,9 @@ def start_server(tmp_path_factory) -> Iterator[Any]:
     servers: list[Server] = []
     logs = tmp_path_factory.mktemp("server_logs")
 
-    def start(*args: str) -> Server:
-        s = Server(*args, log_path=os.path.join(logs, f"server{len(servers)}.log"))
+    def start(*args: str, new_session: bool = False) -> Server:
+        log = os.path.join(logs, f"server{len(servers)}.log")
+        s = Server(*args, log_path=log, new_session=new_session)
         servers.append(s)
         return s
 

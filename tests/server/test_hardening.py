@@ -15,9 +15,9 @@ import pytest
 
 ROUTES = {
     "/generate": lambda text: {"text": text, "sampling_params": {"max_new_tokens": 2}},
-    "/v1/completions": lambda text: {"model": "m", "prompt": text, "max_tokens": 2},
+    "/v1/completions": lambda text: {"model": "stories260K", "prompt": text, "max_tokens": 2},
     "/v1/chat/completions": lambda text: {
-        "model": "m", "messages": [{"role": "user", "content": text}], "max_tokens": 2,
+        "model": "stories260K", "messages": [{"role": "user", "content": text}], "max_tokens": 2,
     },
 }  # fmt: skip
 

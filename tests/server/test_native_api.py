@@ -149,6 +149,7 @@ def test_abort_request(server):
     t.start()
     for _ in range(100):
         status, out = server.post("/abort_request", {"rid": "to-abort"})
+        assert status == 200, out
         if out["aborted"]:
             break
         threading.Event().wait(0.02)

@@ -14,7 +14,9 @@ def _client(server, api_key: str = "unused"):
 
 def test_completions_match_engine(server, engine):
     c = _client(server)
-    r = c.completions.create(model="any", prompt="Once upon a time", max_tokens=20, temperature=0)
+    r = c.completions.create(
+        model="stories260K", prompt="Once upon a time", max_tokens=20, temperature=0
+    )
     ref = engine.generate("Once upon a time", {"temperature": 0, "max_new_tokens": 20})
     assert r.choices[0].text == ref["text"]
     assert r.usage.completion_tokens == len(ref["output_ids"])
@@ -29,7 +31,7 @@ def test_chat_matches_engine(server, engine):
         {"role": "user", "content": "Tell me about a dog."},
     ]
     r = _client(server).chat.completions.create(
-        model="m", messages=msgs, max_tokens=24, temperature=0
+        model="stories260K", messages=msgs, max_tokens=24, temperature=0
     )
     template = resolve_chat_template(engine.tokenizer, None)  # the server's default
     ids = render_chat(template, engine.tokenizer, msgs)
@@ -45,7 +47,7 @@ def test_chat_matches_engine(server, engine):
 
 def test_completions_stream_equals_non_stream(server):
     c = _client(server)
-    kw = dict(model="m", prompt="Lily went", max_tokens=16, temperature=0)
+    kw = dict(model="stories260K", prompt="Lily went", max_tokens=16, temperature=0)
     full = c.completions.create(**kw).choices[0].text
     chunks = list(c.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == full
@@ -55,11 +57,11 @@ def test_completions_stream_equals_non_stream(server):
 def test_chat_and_stream(server):
     c = _client(server)
     msgs = [{"role": "user", "content": "Tell me a story about a cat."}]
-    r = c.chat.completions.create(model="m", messages=msgs, max_tokens=16, temperature=0)
+    r = c.chat.completions.create(model="stories260K", messages=msgs, max_tokens=16, temperature=0)
     text = r.choices[0].message.content
     assert r.choices[0].message.role == "assistant" and text
     streamed = c.chat.completions.create(
-        model="m", messages=msgs, max_tokens=16, temperature=0, stream=True
+        model="stories260K", messages=msgs, max_tokens=16, temperature=0, stream=True
     )
     assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == text
 
@@ -67,17 +69,17 @@ def test_chat_and_stream(server):
 def test_n_seed_logprobs_and_cached_tokens(server):
     c = _client(server)
     prompt = "The little dog was sad because it lost its ball in the big park"
-    r = c.completions.create(model="m", prompt=prompt, max_tokens=8, n=2, temperature=0.9, seed=3,
+    r = c.completions.create(model="stories260K", prompt=prompt, max_tokens=8, n=2, temperature=0.9, seed=3,
                              logprobs=2)  # fmt: skip
     assert len(r.choices) == 2
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == 8 and len(lp.top_logprobs[0]) == 2
-    again = c.completions.create(model="m", prompt=prompt, max_tokens=8, n=2, temperature=0.9,
+    again = c.completions.create(model="stories260K", prompt=prompt, max_tokens=8, n=2, temperature=0.9,
                                  seed=3, logprobs=2)  # fmt: skip
     assert [ch.text for ch in again.choices] == [ch.text for ch in r.choices]  # seeded
     assert again.usage.prompt_tokens_details.cached_tokens > 0
     chat = c.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": prompt}], max_tokens=5, temperature=0,
+        model="stories260K", messages=[{"role": "user", "content": prompt}], max_tokens=5, temperature=0,
         logprobs=True, top_logprobs=2,
     )  # fmt: skip
     content = chat.choices[0].logprobs.content
@@ -86,11 +88,11 @@ def test_n_seed_logprobs_and_cached_tokens(server):
 
 def test_stop_and_max_completion_tokens(server):
     c = _client(server)
-    r = c.completions.create(model="m", prompt="Once upon a time", max_tokens=60, temperature=0,
+    r = c.completions.create(model="stories260K", prompt="Once upon a time", max_tokens=60, temperature=0,
                              stop=["."])  # fmt: skip
     assert r.choices[0].finish_reason == "stop" and "." not in r.choices[0].text
     chat = c.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=3,
+        model="stories260K", messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=3,
         temperature=0,
     )  # fmt: skip
     assert chat.usage.completion_tokens == 3 and chat.choices[0].finish_reason == "length"
@@ -111,7 +113,7 @@ def test_structured_output(server):
     }
     c = _client(server)
     r = c.chat.completions.create(
-        model="m",
+        model="stories260K",
         messages=[{"role": "user", "content": "A person as JSON"}],
         response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
         max_tokens=80,
@@ -121,7 +123,7 @@ def test_structured_output(server):
     report = r.choices[0].model_extra["constraint"]  # how the schema was enforced
     assert report["valid"] is True and report["unenforced"] == []
     r = c.completions.create(
-        model="m", prompt="The code is ", max_tokens=12, extra_body={"regex": "[0-9]{4}"}
+        model="stories260K", prompt="The code is ", max_tokens=12, extra_body={"regex": "[0-9]{4}"}
     )
     assert len(r.choices[0].text) == 4 and r.choices[0].text.isdigit()
     status, out = server.post(
@@ -138,12 +140,12 @@ def test_strict_schemas_are_enforced_exactly_or_refused(server):
     fmt = {"type": "json_schema", "json_schema": {"name": "u", "schema": unique, "strict": True}}
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "x"}], response_format=fmt
+            model="stories260K", messages=[{"role": "user", "content": "x"}], response_format=fmt
         )
     assert "/: uniqueItems" in str(e.value)  # each keyword named with its JSON pointer
     fmt["json_schema"]["strict"] = False  # best effort: decoded, and the dropped keyword named
     r = c.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "x"}], response_format=fmt,
+        model="stories260K", messages=[{"role": "user", "content": "x"}], response_format=fmt,
         max_tokens=40, temperature=1.0,
     )  # fmt: skip
     report = r.choices[0].model_extra["constraint"]
@@ -155,7 +157,7 @@ def test_strict_schemas_are_enforced_exactly_or_refused(server):
                "maximum": 7}}, "required": ["d"]}  # fmt: skip
     fmt = {"type": "json_schema", "json_schema": {"name": "b", "schema": bounded, "strict": True}}
     r = c.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "x"}], response_format=fmt,
+        model="stories260K", messages=[{"role": "user", "content": "x"}], response_format=fmt,
         max_tokens=20,
     )  # fmt: skip
     assert 1 <= json.loads(r.choices[0].message.content)["d"] <= 7
@@ -164,12 +166,14 @@ def test_strict_schemas_are_enforced_exactly_or_refused(server):
 def test_errors_in_openai_shape(server):
     c = _client(server)
     with pytest.raises(openai.BadRequestError) as e:
-        c.completions.create(model="m", prompt="x", temperature=-1)
+        c.completions.create(model="stories260K", prompt="x", temperature=-1)
     assert "temperature" in str(e.value)
     with pytest.raises(openai.BadRequestError):
-        c.chat.completions.create(model="m", messages=[])
+        c.chat.completions.create(model="stories260K", messages=[])
     with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model="m", messages=[{"role": "wizard", "content": "x"}])
+        c.chat.completions.create(
+            model="stories260K", messages=[{"role": "wizard", "content": "x"}]
+        )
     assert "role" in str(e.value)
 
 

@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 
 from radixlm.sampling_params import SamplingParams
 from radixlm.scheduler import io as sched_io
-from radixlm.scheduler.io import AbortRequest, DetokInit, ReqOutput, TokenizedRequest
+from radixlm.scheduler.io import (
+    AbortRequest,
+    AbortRequests,
+    DetokInit,
+    ReqOutput,
+    TokenizedRequest,
+)
 from radixlm.server import codec, io_struct
 from radixlm.server.codec import MARK, CodecError, decode, encode
 from radixlm.server.io_struct import (
@@ -136,6 +142,7 @@ MESSAGES: list[Any] = [
     TokenizedRequest(rid="r0", input_ids=[], sampling=SamplingParams()),
     AbortRequest("req-1"),
     AbortRequest("req-2", message="client disconnected"),
+    AbortRequests(["req-3_0", "req-3_1"], message="client went away"),
     OUT_FIRST,
     OUT_LAST,
     OUT_ABORT,
@@ -198,7 +205,7 @@ def test_samples_cover_every_registered_type() -> None:
 
     walk(MESSAGES)
     assert seen == set(codec._TYPES)
-    assert len(codec._TYPES) == 16
+    assert len(codec._TYPES) == 17
 
 
 def test_every_message_dataclass_is_registered() -> None:

@@ -359,6 +359,9 @@ def test_server_metrics_scenario():
         "cache_hit_rate": "gauge",
         "constrained_output_violations_total": "counter",
         "constrained_unenforced_requests_total": "counter",
+        "tenant_requests_total": "counter",
+        "tenant_prompt_tokens_total": "counter",
+        "tenant_generation_tokens_total": "counter",
     }
     declared = dict(
         line.split(" ")[2:4] for line in m.render().splitlines() if line.startswith("# TYPE ")
