@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -219,6 +220,10 @@ def _token_ids(x: Any, name: str, vocab_size: int | None) -> tuple[int, ...]:
     return tuple(sorted(set(x)))
 
 
+MAX_LOGIT_BIAS = 1e6
+_TOKEN_ID_KEY = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit accepts '²'
+
+
 def _logit_bias(x: Any, vocab_size: int | None) -> dict[int, float]:
     if x is None:
         return {}
@@ -228,7 +233,7 @@ def _logit_bias(x: Any, vocab_size: int | None) -> dict[int, float]:
     for k, b in x.items():
         if isinstance(k, int) and not isinstance(k, bool):
             tid = k
-        elif isinstance(k, str) and k.strip().lstrip("-").isdigit():
+        elif isinstance(k, str) and _TOKEN_ID_KEY.fullmatch(k.strip()):
             tid = int(k)  # JSON object keys are strings
         else:
             raise RequestError(f"logit_bias key {k!r} is not an integer token id")
@@ -238,5 +243,11 @@ def _logit_bias(x: Any, vocab_size: int | None) -> dict[int, float]:
             )
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
             raise RequestError(f"logit_bias[{k!r}] must be a finite number, got {b!r}")
+        if abs(b) > MAX_LOGIT_BIAS:
+            # Larger values overflow the logits' float32 (inf, then NaN probabilities).
+            raise RequestError(
+                f"logit_bias[{k!r}] = {b!r} is outside [-{MAX_LOGIT_BIAS:g}, "
+                f"{MAX_LOGIT_BIAS:g}]; ±100 already makes a token certain or impossible"
+            )
         out[tid] = float(b)
     return out

@@ -129,6 +129,11 @@ class GrammarMatcher(ABC):
         forced continuation is ``"name": "``.
         """
 
+    def error(self) -> str | None:
+        """Why the matcher cannot go on, when it hit one of its own limits (e.g. llguidance's
+        lexer size) rather than a token its grammar forbids; None otherwise."""
+        return None
+
 
 class CompiledGrammar(ABC):
     """Shared by every request with the same spec. Subclasses set ``spec``, ``backend_name`` and

@@ -364,6 +364,9 @@ class LLGuidanceMatcher(GrammarMatcher):
     def copy(self) -> LLGuidanceMatcher:
         return LLGuidanceMatcher(self.grammar, self.ll.deep_copy(), list(self.history))
 
+    def error(self) -> str | None:
+        return first_line(self.ll.get_error()) if self.ll.is_error() else None
+
     def forced_bytes(self) -> bytes:
         if self.is_terminated() or self.is_final():
             return b""

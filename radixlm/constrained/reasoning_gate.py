@@ -91,6 +91,9 @@ class ReasoningGate(GrammarMatcher):
         self.log.append(_INNER)
         return True
 
+    def error(self) -> str | None:
+        return self.inner.error()
+
     def is_terminated(self) -> bool:
         return self.phase != "thinking" and self.inner.is_terminated()
 

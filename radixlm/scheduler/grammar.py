@@ -22,12 +22,20 @@ from radixlm.config import EngineConfig
 from radixlm.constrained.jump_forward import retokenize_with_forced
 from radixlm.constrained.reasoning_gate import ReasoningGate
 from radixlm.engine.transfer import pinned_to_device
-from radixlm.errors import GrammarError, RequestError
+from radixlm.errors import GrammarError, RadixLMError, RequestError
 from radixlm.reasoning import prompt_phase
 from radixlm.scheduler.batch import ScheduleBatch
 from radixlm.scheduler.req import Req
 
 logger = logging.getLogger(__name__)
+
+
+class ConstraintBroken(RadixLMError):
+    """A constrained request that cannot go on (see :meth:`GrammarManager.accept`)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.http_status = status
 
 
 class GrammarManager:
@@ -175,11 +183,23 @@ class GrammarManager:
         batch.vocab_mask = pinned_to_device(mask, device)  # no host sync on CUDA
 
     def accept(self, req: Req, token: int) -> bool:
-        """Advance by the request's new token; True if the grammar says the output is done."""
+        """Advance by the request's new token; True if the grammar says the output is done.
+
+        Raises :class:`ConstraintBroken` (the request fails; the server goes on) when the
+        matcher refuses a token its own mask allowed: it hit one of its limits (a 400 naming
+        it), or, for no stated reason, a bug (a 500)."""
         if not req.grammar.advance(token):
-            # Only EOS can get here (stop ids are not masked); anything else is a bug.
+            # Only EOS can get here normally (stop ids are not masked).
             if token not in req.stop_ids:
-                raise RuntimeError(f"grammar rejected sampled token {token} of {req.rid}")
+                kind = req.grammar_spec.kind if req.grammar_spec is not None else "constraint"
+                reason = req.grammar.error()
+                if reason is not None:
+                    raise ConstraintBroken(
+                        f"the {kind} constraint cannot be followed past output token "
+                        f"{len(req.output_ids)}: {reason}; simplify it", 400
+                    )  # fmt: skip
+                logger.error("grammar rejected sampled token %d of %s", token, req.rid)
+                raise ConstraintBroken(f"the {kind} constraint failed internally", 500)
             return False
         return req.grammar.is_terminated()
 

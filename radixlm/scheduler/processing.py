@@ -12,6 +12,7 @@ from __future__ import annotations
 from radixlm.engine.sampling_info import SamplingBatchInfo
 from radixlm.scheduler.batch import ScheduleBatch
 from radixlm.scheduler.executor import BatchResult
+from radixlm.scheduler.grammar import ConstraintBroken
 from radixlm.scheduler.output import build_output, record_input_logprobs, record_output_logprob
 from radixlm.scheduler.req import FinishReason, Req
 from radixlm.scheduler.stop import check_finished
@@ -86,8 +87,14 @@ class BatchProcessing:
                 top_v = out.top_logprobs[row] if out.top_logprobs else None
                 top_i = out.top_ids[row] if out.top_ids else None
                 record_output_logprob(req, out.logprobs[row], top_v, top_i)
-            complete = req.grammar is not None and self.grammars.accept(req, token)
-            check_finished(req, self.stop_checker)
+            try:
+                complete = req.grammar is not None and self.grammars.accept(req, token)
+            except ConstraintBroken as err:  # this request fails; the batch goes on
+                req.finished_reason = FinishReason("abort", message=str(err))
+                req.error_status = err.http_status
+                complete = False
+            if not req.finished:
+                check_finished(req, self.stop_checker)
             if not req.finished and complete:
                 req.finished_reason = FinishReason("stop", matched=None)
             if not req.finished and req.grammar is not None and req.pending is None:

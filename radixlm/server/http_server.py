@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixlm import __version__
 from radixlm.errors import RadixLMError
@@ -82,6 +83,23 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
     @app.exception_handler(RadixLMError)
     async def on_radixlm_error(request: Request, e: RadixLMError):
         return _error(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, e: StarletteHTTPException):
+        """Routing errors (404 no such route, 405 wrong method) in this server's error shape."""
+        if e.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; the API is at /docs"
+        elif e.status_code == 405:
+            message = f"{request.url.path} does not take {request.method}; see /docs"
+        else:
+            message = str(e.detail)
+        if request.url.path.startswith("/v1"):
+            body = {"message": message, "type": "invalid_request_error", "param": None,
+                    "code": e.status_code}  # fmt: skip
+            return JSONResponse({"error": body}, status_code=e.status_code, headers=e.headers)
+        response = error_json(e.status_code, message)
+        response.headers.update(e.headers or {})  # e.g. Allow on a 405
+        return response
 
     # ---- generation ----------------------------------------------------------------------
     @app.api_route("/generate", methods=["POST", "PUT"])

@@ -239,3 +239,19 @@ def test_ebnf_is_refused_by_outlines_and_served_by_auto(make_engine):
         _valid_json(r["text"], schema)
     assert done and all(r["meta_info"]["constraint"]["backend"] == "llguidance" for r in done)
     assert all(r["meta_info"]["constraint"]["unenforced"] == [] for r in done)
+
+
+def test_matcher_limit_fails_that_request_only(make_engine):
+    """llguidance accepts the first token, then its lexer hits a size limit: the request fails
+    with a 400 naming the limit, the others in its batch finish, and the KV is freed (the
+    fixture checks the memory invariants)."""
+    from radixlm.errors import RequestError
+
+    engine = make_engine()
+    with pytest.raises(RequestError, match="cannot be followed past output token 1"):
+        engine.generate(
+            ["Once upon a time", "The little dog"],
+            [{"max_new_tokens": 4, "regex": "(a{1000}){1000}"}, {"max_new_tokens": 4}],
+        )
+    out = engine.generate("The little dog", {"max_new_tokens": 4, "temperature": 0})
+    assert out["meta_info"]["completion_tokens"] == 4

@@ -185,3 +185,48 @@ def test_port_in_use_fails_before_loading():
     assert "the port is in use" in log and "ready" not in log, log[-2000:]
     assert "spawned scheduler" not in log  # nothing was started, let alone loaded
     assert elapsed < 60
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [{"regex": "(a{1000}){1000}"}, {"ebnf": 'root ::= "a" root'}],
+    ids=["regex-over-lexer-limit", "ebnf-without-end"],
+)
+def test_a_constraint_over_the_matcher_limits_fails_alone(server, constraint):
+    """The matcher accepts the first token, then hits a limit of its own: that request is a
+    400 naming the limit; the scheduler (and every other request) goes on."""
+    body = {"text": "Once upon a time", "sampling_params": {"max_new_tokens": 4, **constraint}}
+    status, out = _post_raw(server, "/generate", json.dumps(body).encode())
+    assert status == 400 and "cannot be followed" in _message(out), out
+    assert "simplify it" in _message(out)
+    _still_serves(server)
+
+
+@pytest.mark.parametrize("key", ["²", "--5", "¹"])
+def test_logit_bias_keys_that_are_not_ascii_integers_are_400(server, key):
+    for path, make in ROUTES.items():
+        body = make("Once upon a time")
+        target = body["sampling_params"] if path == "/generate" else body
+        target["logit_bias"] = {key: 1}
+        status, out = _post_raw(server, path, json.dumps(body).encode())
+        assert status == 400 and "not an integer token id" in _message(out), (path, out)
+    _still_serves(server)
+
+
+def test_logit_bias_values_that_overflow_are_400(server):
+    for path, make in ROUTES.items():
+        body = make("Once upon a time")
+        target = body["sampling_params"] if path == "/generate" else body
+        target["logit_bias"] = {"5": 1e39}
+        status, out = _post_raw(server, path, json.dumps(body).encode())
+        assert status == 400 and "outside [-1e+06, 1e+06]" in _message(out), (path, out)
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/v1/chat/completions", "/nope"])
+def test_routing_errors_have_the_error_shape(server, path):
+    req = urllib.request.Request(server.url + path, method="GET")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    body = json.loads(e.value.read())
+    assert e.value.code == (404 if path == "/nope" else 405)
+    assert "/docs" in _message(body) and "detail" not in body
