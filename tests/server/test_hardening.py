@@ -230,3 +230,63 @@ def test_routing_errors_have_the_error_shape(server, path):
     body = json.loads(e.value.read())
     assert e.value.code == (404 if path == "/nope" else 405)
     assert "/docs" in _message(body) and "detail" not in body
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(x for x in f if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+def test_a_50mb_body_is_413_while_health_answers(server, chunked):
+    """While a 50 MB body is refused (read and dropped as it arrives, never held), /health keeps
+    answering and the main process's memory stays where it was."""
+    import socket
+    import threading
+    import time
+
+    rss_before = _rss_mb(server.proc.pid)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            t = time.monotonic()
+            statuses.append(server.get("/health")[0])
+            latencies.append(time.monotonic() - t)
+            time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    total, piece = 50 * 1024 * 1024, b"x" * (1024 * 1024)
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    head = b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    if chunked:
+        s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+    else:
+        s.sendall(head + f"Content-Length: {total}\r\n\r\n".encode())
+    try:
+        for _ in range(total // len(piece)):
+            s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        if chunked:
+            s.sendall(b"0\r\n\r\n")
+    except OSError:
+        pass  # the server may close once it has drained its share
+    reply = b""
+    while b"max-request-bytes" not in reply:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    reply = reply.decode(errors="replace")
+    s.close()
+    stop.set()
+    prober.join(30)
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert "--max-request-bytes" in reply
+    assert set(statuses) == {200}, statuses
+    assert latencies and max(latencies) < 1.0, sorted(latencies)[-5:]  # < 0.1 s when idle
+    assert _rss_mb(server.proc.pid) - rss_before < 40, (rss_before, _rss_mb(server.proc.pid))
+    _still_serves(server)
