@@ -2,8 +2,11 @@
 
 The sources are compiled once per machine with ``torch.utils.cpp_extension`` (ninja, g++ with
 OpenMP and ``-march=native``) into torch's extension cache (``$TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``); later loads reuse the build unless a source changed. Concurrent
-loads (test workers, server processes) wait on torch's build lock instead of building twice.
+``~/.cache/torch_extensions``); later loads reuse the build unless a source changed. The build
+is named by a hash of the sources and flags (``radixlm_cpu_<hash>``), so checkouts or versions
+with different kernels never rebuild over each other, and identical ones share one build.
+Concurrent loads (test workers, server processes) wait on torch's build lock instead of
+building twice.
 
 :func:`load_cpu_kernels` returns the module, or ``None`` after one warning naming the reason
 (no compiler, no AVX-512, sources missing, a build error) when ``required`` is false, so the
@@ -13,6 +16,7 @@ engine falls back to the torch path. With ``required`` true the reason is a :cla
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -40,6 +44,14 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17")
 def source_dir() -> Path:
     """``csrc/cpu`` of this checkout (the repository root is the package's parent)."""
     return Path(__file__).resolve().parents[2] / "csrc" / "cpu"
+
+
+def build_name(src: Path) -> str:
+    """``radixlm_cpu_<12 hex>``: a digest of every source, header and compiler flag."""
+    digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    for path in sorted(src.glob("*.[ch]*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"radixlm_cpu_{digest.hexdigest()[:12]}"
 
 
 def _cpu_has_avx512() -> bool:
@@ -77,7 +89,7 @@ def _build() -> ModuleType:
     start = time.perf_counter()
     try:
         module = load(
-            name="radixlm_cpu",
+            name=build_name(src),
             sources=[str(src / s) for s in SOURCES],
             extra_cflags=list(CFLAGS),
             extra_ldflags=["-fopenmp"],

@@ -68,8 +68,13 @@ class EventStream(StreamingResponse):
     """An SSE response that watches for the client leaving while the body is produced (not only
     when a send fails) and always closes its body and the backend iterator behind it."""
 
-    def __init__(self, events: AsyncIterator[str], backend_iter: AsyncIterator[Any]) -> None:
-        super().__init__(events, media_type="text/event-stream")
+    def __init__(
+        self,
+        events: AsyncIterator[str],
+        backend_iter: AsyncIterator[Any],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
         self.backend_iter = backend_iter
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -44,6 +44,8 @@ from radixlm.server.openai_results import StreamState, build_response
 
 logger = logging.getLogger(__name__)
 
+IGNORED_FIELDS_HEADER = "X-Ignored-Fields"  # request fields this server did not act on
+
 # Bodies larger than this are parsed, rendered and tokenized off the event loop.
 OFF_LOOP_BYTES = 262_144
 
@@ -132,13 +134,17 @@ async def _handle(
             call = await asyncio.to_thread(lambda: parse(parse_json_body(raw), backend))
         else:
             call = parse(parse_json_body(raw), backend)
+        headers = {}
+        if call.ignored:
+            logger.info("%s: ignored field(s) %s", request.url.path, call.ignored)
+            headers[IGNORED_FIELDS_HEADER] = ", ".join(call.ignored)
         it = backend.generate(call.native, tenant_of(request.scope))
         # The first item is awaited here so a bad request is an HTTP error, not a stream event.
         first = await next_unless_disconnected(request, it)
         if call.stream:
             streaming = True
-            return EventStream(_events(call, it, first), it)
-        return JSONResponse(build_response(call, first))
+            return EventStream(_events(call, it, first), it, headers)
+        return JSONResponse(build_response(call, first), headers=headers)
     except ClientDisconnected:
         logger.debug("client disconnected before the result was ready")
         return Response(status_code=499)

@@ -41,6 +41,18 @@ _SGLANG_EXTRAS = tuple(
 )
 
 
+# The fields each route reads (honours); anything else in a body is reported as ignored.
+_COMMON_FIELDS = frozenset(
+    "model n stream stream_options rid cache_salt extra_key seed stop max_tokens min_tokens".split()
+    + list(_SAME_NAME + _SGLANG_EXTRAS)
+)
+COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "suffix", "best_of", "echo", "logprobs"}
+CHAT_FIELDS = _COMMON_FIELDS | frozenset(
+    "messages max_completion_tokens response_format logprobs top_logprobs tools tool_choice "
+    "parallel_tool_calls functions function_call chat_template_kwargs continue_final_message "
+    "separate_reasoning".split()
+)
+
 INTERNAL_ERROR = "internal server error; the server log has the details"
 
 
@@ -75,6 +87,7 @@ class OpenAICall:
     # the prompt leaves the model inside a thinking block
     reasoning: ReasoningFormat | None = None
     reasoning_inside: bool = False
+    ignored: list[str] = field(default_factory=list)  # body fields this server did not read
 
     @property
     def object_name(self) -> str:
@@ -203,6 +216,7 @@ def parse_completion_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     sp = _sampling(body, max_tokens, backend.context_length)
     logprobs = _int(body, "logprobs", lo=0, hi=MAX_TOP_LOGPROBS)
     call = _common(body, backend, "completion", sp, logprobs, num_prompts)
+    call.ignored = sorted(k for k in body if k not in COMPLETION_FIELDS)
     call.native[key] = prompt
     if _bool(body, "echo"):
         call.echo_texts = _echo_texts(key, prompt, backend.tokenizer)
@@ -286,6 +300,7 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     if top and not want_logprobs:
         raise OpenAIRequestError("top_logprobs needs logprobs: true", "top_logprobs")
     call = _common(body, backend, "chat", sp, (top or 0) if want_logprobs else None, 1)
+    call.ignored = sorted(k for k in body if k not in CHAT_FIELDS)
     call.native["input_ids"] = ids
     if fmt is not None:
         call.tools, call.tool_format = tools, fmt

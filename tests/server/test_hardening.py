@@ -290,3 +290,24 @@ def test_a_50mb_body_is_413_while_health_answers(server, chunked):
     assert latencies and max(latencies) < 1.0, sorted(latencies)[-5:]  # < 0.1 s when idle
     assert _rss_mb(server.proc.pid) - rss_before < 40, (rss_before, _rss_mb(server.proc.pid))
     _still_serves(server)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_ignored_openai_fields_are_reported(server, stream):
+    """Fields a route does not read are served around, but named in X-Ignored-Fields (a typo
+    such as max_token shows), never dropped silently; none for a clean body."""
+    cases = {
+        "/v1/completions": ({"max_token": 3, "user": "u1"}, "max_token, user"),
+        "/v1/chat/completions": ({"temprature": 0.5}, "temprature"),
+    }
+    for path, (extra, expected) in cases.items():
+        body = {**ROUTES[path]("Once upon a time"), "stream": stream}
+        for fields, header in ((extra, expected), ({}, None)):
+            req = urllib.request.Request(
+                server.url + path, data=json.dumps({**body, **fields}).encode(), method="POST"
+            )
+            req.add_header("Content-Type", "application/json")
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                assert resp.status == 200
+                assert resp.headers.get("X-Ignored-Fields") == header, (path, fields)
+                resp.read()
