@@ -186,18 +186,20 @@ class GrammarManager:
         """Advance by the request's new token; True if the grammar says the output is done.
 
         Raises :class:`ConstraintBroken` (the request fails; the server goes on) when the
-        matcher refuses a token its own mask allowed: it hit one of its limits (a 400 naming
-        it), or, for no stated reason, a bug (a 500)."""
-        if not req.grammar.advance(token):
-            # Only EOS can get here normally (stop ids are not masked).
-            if token not in req.stop_ids:
-                kind = req.grammar_spec.kind if req.grammar_spec is not None else "constraint"
-                reason = req.grammar.error()
-                if reason is not None:
-                    raise ConstraintBroken(
-                        f"the {kind} constraint cannot be followed past output token "
-                        f"{len(req.output_ids)}: {reason}; simplify it", 400
-                    )  # fmt: skip
+        matcher is in an error state — it hit one of its own limits (llguidance's lexer or
+        parser size) or found no continuation the vocabulary can spell: a 400 naming the
+        reason — or when it refuses a token its own mask allowed, for no stated reason: a bug,
+        a 500."""
+        ok = req.grammar.advance(token)
+        kind = req.grammar_spec.kind if req.grammar_spec is not None else "constraint"
+        reason = req.grammar.error()
+        if reason is not None:
+            raise ConstraintBroken(
+                f"the {kind} constraint cannot be followed past output token "
+                f"{len(req.output_ids)}: {reason}; simplify it", 400
+            )  # fmt: skip
+        if not ok:
+            if token not in req.stop_ids:  # only EOS gets here normally (stops are not masked)
                 logger.error("grammar rejected sampled token %d of %s", token, req.rid)
                 raise ConstraintBroken(f"the {kind} constraint failed internally", 500)
             return False

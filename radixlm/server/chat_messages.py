@@ -40,6 +40,8 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
                 f"{where}.role must be one of system, developer, user, assistant, tool; "
                 f"got {role!r}"
             )
+        if m.get("name") is not None and not isinstance(m["name"], str):
+            raise RequestError(f"{where}.name must be a string, got {m['name']!r}")
         calls = m.get("tool_calls")
         if isinstance(calls, list) and not calls:
             calls = None  # some clients send an empty list for "no calls"
@@ -62,8 +64,6 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
             if call_id is not None:
                 msg["tool_call_id"] = call_id
             if name is not None:
-                if not isinstance(name, str):
-                    raise RequestError(f"{where}.name must be a string")
                 msg["name"] = name
         out.append(msg)
     return out

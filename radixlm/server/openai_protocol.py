@@ -170,6 +170,10 @@ def _common(
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise OpenAIRequestError("stream_options must be an object", "stream_options")
+    if opts is not None and not stream:
+        raise OpenAIRequestError(
+            "stream_options is only allowed with stream: true", "stream_options"
+        )
     include_usage = stream and _bool(opts or {}, "include_usage")
     rid = body.get("rid")
     if rid is not None and not isinstance(rid, str):

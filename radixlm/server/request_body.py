@@ -67,7 +67,19 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        headers = dict(scope["headers"])
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding != b"identity":
+            await self._drain(receive, 0)
+            message = (
+                f"request bodies must not be compressed (Content-Encoding: "
+                f"{encoding.decode(errors='replace')}); send plain JSON"
+            )
+            body = {"error": {"message": message, "type": "invalid_request_error",
+                              "param": None, "code": 415}}  # fmt: skip
+            await JSONResponse(body, status_code=415)(scope, receive, send)
+            return
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._drain(receive, 0)
             err = BodyTooLargeError(self.max_bytes)

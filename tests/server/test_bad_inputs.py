@@ -425,6 +425,20 @@ CASES += [
     ("cmpl-stream-bad-prompt-ids", CMPL, cmpl(stream=True, prompt=[99999]), None, 400, "outside the vocabulary"),
     ("chat-stream-bad-temperature", CHAT, chat(stream=True, temperature=-1), None, 400, "temperature must be in [0.0, inf]"),
     ("chat-stream-bad-role", CHAT, _merge(msgs({"role": "robot", "content": "hi"}), {"stream": True}), None, 400, "messages[0].role must be one of"),
+    # ---- found by the table's first run, fixed since ---------------------------------------
+    ("gen-gzip-body", GEN, gen(), {"Content-Encoding": "gzip"}, 415, "must not be compressed (Content-Encoding: gzip)"),
+    ("cmpl-gzip-body", CMPL, cmpl(), {"Content-Encoding": "gzip"}, 415, "must not be compressed"),
+    ("cmpl-stream-options-without-stream", CMPL, cmpl(stream_options={"include_usage": True}), None, 400, "stream_options is only allowed with stream: true"),
+    ("chat-stream-options-without-stream", CHAT, chat(stream_options={"include_usage": "yes"}), None, 400, "stream_options is only allowed with stream: true"),
+    ("chat-message-name-number", CHAT, msgs({"role": "user", "content": "hi", "name": 5}), None, 400, "messages[0].name must be a string"),
+    ("gen-logit-bias-superscript-key", GEN, gsp(logit_bias={"²": 1}), None, 400, "is not an integer token id"),
+    ("cmpl-logit-bias-double-minus", CMPL, cmpl(logit_bias={"--5": 1}), None, 400, "is not an integer token id"),
+    ("chat-logit-bias-superscript-key", CHAT, chat(logit_bias={"¹": 1}), None, 400, "is not an integer token id"),
+    ("gen-logit-bias-overflow", GEN, gsp(logit_bias={"5": 1e39}), None, 400, "is outside [-1e+06, 1e+06]"),
+    ("cmpl-logit-bias-overflow", CMPL, cmpl(logit_bias={"5": -1e308}), None, 400, "is outside [-1e+06, 1e+06]"),
+    ("gen-regex-over-lexer-limit", GEN, gsp(regex="(a{1000}){1000}"), None, 400, "cannot be followed past output token"),
+    ("gen-ebnf-without-end", GEN, gsp(ebnf='root ::= "a" root'), None, 400, "cannot be followed past output token"),
+    ("cmpl-regex-over-lexer-limit", CMPL, cmpl(regex="(a{1000}){1000}"), None, 400, "cannot be followed past output token"),
 ]  # fmt: skip
 
 

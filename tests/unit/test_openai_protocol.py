@@ -79,7 +79,6 @@ def native(parse, body, backend) -> dict:
                 "user": "u",
                 "best_of": 2,
                 "some_future_field": {"ignored": True},
-                "stream_options": {"include_usage": True},
             },
             {
                 "text": "Hi",
@@ -146,6 +145,7 @@ def test_completion_requests(backend, body, expected):
         ({"prompt": "a", "suffix": "end"}, "suffix", "suffix is not supported"),
         ({"prompt": "a", "best_of": 3}, "best_of", "best_of different from n"),
         ({"prompt": "a", "stream_options": 1}, "stream_options", "must be an object"),
+        ({"prompt": "a", "stream_options": {}}, "stream_options", "only allowed with stream"),
         ({"prompt": "a", "rid": 5}, "rid", "rid must be a string"),
     ],
 )
