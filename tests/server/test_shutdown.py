@@ -179,3 +179,42 @@ def test_slow_but_steady_requests_are_served(strict_server):
         s.sendall(body[i : i + 20])
         time.sleep(0.1)
     assert _recv_all(s, 30).decode().startswith("HTTP/1.1 200")
+
+
+def test_disconnect_storm_leaves_no_kv(server):
+    """60 streams on all three routes, each dropped after 0-3 chunks while the others run:
+    every request is aborted or finished, and the KV in use returns to where it was."""
+    import random
+
+    from tests.server.conftest import raw_post
+
+    idle = server.wait_idle()["num_used_tokens"]
+    rng = random.Random(7)
+    sp = {"max_new_tokens": 200, "ignore_eos": True}
+    bodies = [
+        ("/generate", {"text": "Once upon a time", "stream": True,
+                       "sampling_params": {**sp, "n": 2}}),
+        ("/v1/completions", {"model": "stories260K", "prompt": "The dog", "stream": True,
+                             "max_tokens": 200, "ignore_eos": True, "n": 3}),
+        ("/v1/chat/completions", {"model": "stories260K", "stream": True, "max_tokens": 200,
+                                  "messages": [{"role": "user", "content": "Hi"}]}),
+    ]  # fmt: skip
+
+    def one(i: int) -> None:
+        path, body = bodies[i % len(bodies)]
+        s = raw_post(server.port, path, body)
+        try:
+            for _ in range(rng.randrange(4)):
+                if not s.recv(4096):
+                    break
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stats = server.wait_idle(60)
+    assert stats["num_used_tokens"] == idle, stats
+    assert server.generate({"text": "Hi", "sampling_params": {"max_new_tokens": 2}})
