@@ -15,6 +15,7 @@ from radixlm.entrypoints.request import RequestMeta
 from radixlm.errors import RadixLMError, RequestError
 from radixlm.scheduler.io import ReqOutput
 from radixlm.tokenizer.output_text import OutputText
+from radixlm.tokenizer.token_text import TokenText
 
 
 class ResultBuilder:
@@ -23,6 +24,7 @@ class ResultBuilder:
     def __init__(self, meta: RequestMeta, tokenizer: Any | None, detokenize: bool = True) -> None:
         self.meta = meta
         self.tokenizer = tokenizer
+        self._texts: TokenText | None = None  # logprob token strings, made on first use
         self.created = time.time()
         self.output_ids: list[int] = []
         self.finish_reason: dict[str, Any] | None = None
@@ -115,7 +117,9 @@ class ResultBuilder:
     def _token_text(self, tid: int) -> str | None:
         if not self.meta.return_text_in_logprobs or self.tokenizer is None:
             return None
-        return self.tokenizer.decode([tid], skip_special_tokens=False)
+        if self._texts is None:
+            self._texts = TokenText(self.tokenizer)
+        return self._texts(tid)
 
     def _tuples(self, logprobs: list[float | None], ids: list[int]) -> list[list[Any]]:
         return [[lp, tid, self._token_text(tid)] for lp, tid in zip(logprobs, ids)]

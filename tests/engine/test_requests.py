@@ -181,7 +181,8 @@ def test_return_text_in_logprobs(make_engine):
     meta = r["meta_info"]
     ids = engine.tokenizer.encode(PROMPT)
     assert [t[1] for t in meta["input_token_logprobs"]] == ids[1:]
-    assert meta["input_token_logprobs"][0][2] == engine.tokenizer.decode([ids[1]])
-    assert "".join(t[2] for t in meta["output_token_logprobs"]) == ",therewas"
+    assert meta["input_token_logprobs"][0][2] == " Once"  # "▁Once": its space included
+    # each token's own text, spaces included: the strings join to the output text
+    assert "".join(t[2] for t in meta["output_token_logprobs"]) == ", there was" == r["text"]
     for top in meta["output_top_logprobs"]:
         assert len(top) == 2 and all(isinstance(t[2], str) for t in top)

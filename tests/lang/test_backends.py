@@ -191,7 +191,7 @@ def test_select_equals_hand_computation(native, method: str, case: int) -> None:
     meta = decision.meta_info
     assert len(meta["input_token_logprobs"]) == len(options)
     if prompt.endswith("very very"):
-        assert all(e[0][2] == "very" and e[1][2] != "very" for e in meta["input_token_logprobs"])
+        assert all(e[0][2] == " very" and e[1][2] != " very" for e in meta["input_token_logprobs"])
     if method == "token_length_normalized":
         assert meta["normalized_prompt_logprobs"] == pytest.approx(scores, abs=1e-4)
 
