@@ -1,9 +1,10 @@
 """``RuntimeEndpoint``: a RadixLM (or SGLang) server over HTTP; ``Runtime``: one started for you.
 
-Standard library only. Like SGLang's client: JSON over urllib, GET when there is no body and
-POST with one, ``Authorization: Bearer <key>`` when an API key is set, and any status but 200
-raises ``RuntimeError(<response body>)``. Streams are SSE read line by line (``data: {json}``
-events with cumulative ``text``, ending at ``data: [DONE]``).
+HTTP goes through one pooled ``requests.Session`` per endpoint (keep-alive connections reused
+across calls and threads: ``run_batch`` workers share the pool). Like SGLang's client: JSON,
+GET when there is no body and POST with one, ``Authorization: Bearer <key>`` when an API key
+is set, and any status but 200 raises ``RuntimeError(<response body>)``. Streams are SSE read
+line by line (``data: {json}`` events with cumulative ``text``, ending at ``data: [DONE]``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
 
 from radixlm_lang.backend.native import NativeBackend
 from radixlm_lang.tools import ChatToolRenderer, ToolsUnsupportedError
@@ -29,35 +31,51 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 600.0  # seconds per HTTP call (a long generation is one call)
 
 
+POOL_SIZE = 128  # keep-alive connections per endpoint (run_batch's threads share them)
+
+
+def http_session(pool_size: int = POOL_SIZE) -> requests.Session:
+    """A session whose connection pool holds ``pool_size`` keep-alive connections per host."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def http_request(
+    session: requests.Session,
     url: str,
     body: Any = None,
     api_key: str | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
     stream: bool = False,
-) -> Any:
-    """GET (no body) or POST (JSON body); returns the open response. Non-200 → RuntimeError."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-    req.add_header("Content-Type", "application/json")
+) -> requests.Response:
+    """GET (no body) or POST (JSON body) on ``session``; returns the response (for ``stream``,
+    unread). Non-200 → RuntimeError(body). Transport failures raise OSError."""
+    headers = {"Content-Type": "application/json"}
     if stream:
-        req.add_header("Accept", "text/event-stream")
+        headers["Accept"] = "text/event-stream"
     if api_key:
-        req.add_header("Authorization", f"Bearer {api_key}")
+        headers["Authorization"] = f"Bearer {api_key}"
+    data = None if body is None else json.dumps(body).encode()
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        raise RuntimeError(e.read().decode(errors="replace")) from None
-    if resp.status != 200:
-        text = resp.read().decode(errors="replace")
+        resp = session.request(
+            "GET" if body is None else "POST", url, data=data, headers=headers,
+            timeout=timeout, stream=stream,
+        )  # fmt: skip
+    except requests.RequestException as e:
+        raise ConnectionError(str(e)) from e
+    if resp.status_code != 200:
+        text = resp.text
         resp.close()
         raise RuntimeError(text)
     return resp
 
 
-def _read_json(resp: Any) -> Any:
+def _read_json(resp: requests.Response) -> Any:
     with resp:
-        text = resp.read().decode()
+        text = resp.text
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError:
@@ -91,6 +109,7 @@ class RuntimeEndpoint(NativeBackend):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self.session = http_session()
         self.model_info = self.get("/get_model_info")
         self.model_path = self.model_info["model_path"]
         self.chat_template_name = chat_template_name
@@ -101,18 +120,22 @@ class RuntimeEndpoint(NativeBackend):
 
     # ---- HTTP ----------------------------------------------------------------------------
     def get(self, path: str) -> Any:
-        return _read_json(http_request(self.base_url + path, None, self.api_key, self.timeout))
+        return _read_json(self._request(path, None))
 
     def post(self, path: str, body: Any) -> Any:
-        return _read_json(http_request(self.base_url + path, body, self.api_key, self.timeout))
+        return _read_json(self._request(path, body))
+
+    def _request(self, path: str, body: Any, stream: bool = False) -> requests.Response:
+        url = self.base_url + path
+        return http_request(self.session, url, body, self.api_key, self.timeout, stream)
 
     def _call(self, body: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         return self.post("/generate", body)
 
     def _stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        resp = http_request(self.base_url + "/generate", body, self.api_key, self.timeout, True)
+        resp = self._request("/generate", body, stream=True)
         with resp:
-            for raw in resp:
+            for raw in resp.iter_lines():
                 line = raw.decode().strip()
                 if not line.startswith("data:"):
                     continue
@@ -233,7 +256,8 @@ class Runtime:
                 code = None if self.process is None else self.process.returncode
                 raise RuntimeError(f"the server exited during start-up (code {code})")
             try:
-                http_request(self.url + "/health_generate", None, api_key, timeout=30).close()
+                with http_session(1) as session:
+                    http_request(session, self.url + "/health_generate", None, api_key, 30).close()
                 return
             except (OSError, RuntimeError):
                 time.sleep(0.2)

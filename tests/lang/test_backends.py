@@ -322,3 +322,24 @@ def test_run_batch_on_engine_backend_batches_and_shares_prefix(engine_backend, e
         assert st["mood"] in (" fun", " scary", " big")
     hits = after["prefix_cache"]["hit_tokens"] - before["prefix_cache"]["hit_tokens"]
     assert hits > len(names) * 15  # the shared prefix was served from the cache
+
+
+def test_endpoint_reuses_its_connections(endpoint) -> None:
+    """The HTTP backend keeps connections alive: 20 calls, streamed or not, from 4 threads,
+    open at most one connection per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = endpoint.session.get_adapter(endpoint.base_url).poolmanager
+    before = sum(p.num_connections for p in pool.pools._container.values())
+    body = {"text": "Once upon a time", "sampling_params": {"max_new_tokens": 2}}
+
+    def call(i: int) -> None:
+        if i % 2:
+            assert list(endpoint._stream({**body, "stream": True}))
+        else:
+            assert endpoint.post("/generate", body)["meta_info"]["completion_tokens"] == 2
+
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(call, range(20)))
+    opened = sum(p.num_connections for p in pool.pools._container.values()) - before
+    assert opened <= 4, opened
