@@ -36,9 +36,23 @@ class EngineConfig:
     """All runtime options. Build with :meth:`from_options`; never mutate (use ``replace``)."""
 
     model_path: str | None = option(
-        None, "HF checkpoint directory; default: the bundled stories260K demo model"
+        None,
+        "HF checkpoint directory, or a Hugging Face Hub id (org/name: fetched through the local "
+        "cache; HF_HUB_OFFLINE=1 uses the cache only); default: the bundled stories260K demo "
+        "model",
     )
-    tokenizer_path: str | None = option(None, "tokenizer directory; default: model_path")
+    tokenizer_path: str | None = option(None, "tokenizer directory or Hub id; default: model_path")
+    revision: str | None = option(
+        None, "Hub branch, tag or commit of a model_path that is a Hub id; default: main"
+    )
+    download_dir: str | None = option(
+        None, "Hugging Face cache directory for Hub models; default: HF_HUB_CACHE / ~/.cache"
+    )
+    trust_remote_code: bool = option(
+        False,
+        "accepted for compatibility; no checkpoint code is ever run (the supported "
+        "architectures are built in, others are an error that lists them)",
+    )
     dtype: str = option(
         "auto", "weight/activation dtype; auto = checkpoint dtype (fp32 → bf16 on CUDA)", DTYPES
     )
@@ -235,13 +249,20 @@ class EngineConfig:
         if self.model_path is None:
             changes["model_path"] = BUNDLED_MODEL
         model_path = changes.get("model_path", self.model_path)
-        if not os.path.isdir(model_path):
-            raise ConfigError(
-                f"model_path {model_path!r} is not a directory; pass a local Hugging Face checkpoint "
-                "(config.json + *.safetensors), or omit it to use the bundled demo model"
+        if not os.path.isdir(model_path):  # a Hub id: a local snapshot from here on
+            from radixlm.models.hub import resolve_model_path
+
+            model_path = changes["model_path"] = resolve_model_path(
+                model_path, self.revision, self.download_dir
             )
         if self.tokenizer_path is None:
             changes["tokenizer_path"] = model_path
+        elif not os.path.isdir(self.tokenizer_path):
+            from radixlm.models.hub import resolve_model_path
+
+            changes["tokenizer_path"] = resolve_model_path(
+                self.tokenizer_path, None, self.download_dir
+            )
         if self.device == "auto":
             changes["device"] = _default_device()
         device = changes.get("device", self.device)

@@ -22,8 +22,9 @@ class ServerConfig:
     served_model_name: str | None = option(
         None,
         "the model's name on the OpenAI routes, or comma-separated aliases (the first is the one "
-        "reported); a request naming another model is a 404 model_not_found. Default: the model "
-        "directory's name. The model path as given, and 'default', are always accepted",
+        "reported); a request naming another model is a 404 model_not_found. Default: the Hub "
+        "id (org/name) of a Hub model, else the model directory's name. The model path, and "
+        "'default', are always accepted",
     )
     admin_api_key: str | None = option(
         None,
@@ -119,4 +120,6 @@ class ServerConfig:
         the model directory's name."""
         if self.served_model_name is not None:
             return [n.strip() for n in self.served_model_name.split(",") if n.strip()]
-        return [os.path.basename(os.path.normpath(model_path))]
+        from radixlm.models.hub import repo_id_of
+
+        return [repo_id_of(model_path) or os.path.basename(os.path.normpath(model_path))]
