@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -183,8 +183,9 @@ def _load_weights(model: nn.Module, model_path: str) -> None:
     tied = getattr(model, "lm_head", None) is None
     entries = list(iter_checkpoint_entries(model_path))
     handles: dict[str, BinaryIO] = {}
+    progress = _progress(entries)
     try:
-        for entry in entries:
+        for entry in progress:
             name = entry.name
             if name.endswith(_IGNORED_SUFFIXES) or (tied and name.startswith("lm_head.")):
                 continue
@@ -208,12 +209,34 @@ def _load_weights(model: nn.Module, model_path: str) -> None:
             read_into(entry, handles[entry.path], dest)
             filled[target] += dest.shape[0]
     finally:
+        progress.close()
         for f in handles.values():
             f.close()
     missing = [n for n, p in params.items() if filled[n] != p.shape[0]]
     if missing:
         raise ModelLoadError(f"checkpoint {model_path} is missing weights for {missing[:8]}")
     logger.debug("loaded %d parameters from %s", len(params), model_path)
+
+
+PROGRESS_MIN_BYTES = 64 << 20  # smaller checkpoints load too fast for a bar to say anything
+
+
+def _progress(entries: list[TensorEntry]) -> Any:
+    """A tqdm bar over the checkpoint's tensors, counted in bytes and labelled by shard, on
+    stderr (the terminal, or the server log: one refresh every 2 s at most)."""
+    from tqdm import tqdm
+
+    total = sum(e.nbytes for e in entries)
+    shards = len({e.path for e in entries})
+    return tqdm(
+        entries,
+        total=len(entries),
+        desc=f"loading weights ({shards} shard{'s' if shards != 1 else ''}, "
+        f"{total / 2**30:.2f} GiB)",
+        unit="tensor",
+        mininterval=2.0,
+        disable=total < PROGRESS_MIN_BYTES,
+    )
 
 
 def _route(model: nn.Module, name: str) -> tuple[str, tuple[int, int] | None]:
