@@ -173,7 +173,11 @@ def launch_server(engine_config: EngineConfig, server_config: ServerConfig) -> i
         if server_config.enable_metrics:
             from radixlm.server.metrics import ServerMetrics
 
-            tm.metrics = ServerMetrics(tm.served_model_name)
+            tm.metrics = ServerMetrics(
+                tm.served_model_name,
+                server_config.metrics_compat,
+                {c.name: c.process.pid for c in children},
+            )
 
         @asynccontextmanager
         async def lifespan(app):

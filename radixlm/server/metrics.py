@@ -1,27 +1,41 @@
-"""``ServerMetrics``: the server's metric set behind ``/metrics`` (SGLang's names with the
-``radixlm:`` prefix), its latency buckets, and the hooks the tokenizer manager calls to update it.
+"""``ServerMetrics``: the server's metric set behind ``/metrics``, on ``prometheus_client``.
 
-The Prometheus primitives and the text rendering live in ``radixlm.server.prometheus``;
-``CONTENT_TYPE`` is re-exported here for the HTTP server.
+Names and labels are SGLang's (``prompt_tokens_total``, ``time_to_first_token_seconds``,
+``num_running_reqs``, ``token_usage``, ``cache_hit_rate``, ...; every series labelled
+``model_name``) under the prefix ``radixlm:``, or ``sglang:`` with ``--metrics-compat sglang``
+so an SGLang Grafana dashboard works unchanged; plus this server's own: per-tenant counters,
+constrained-output violations and unenforced schemas.
 
-Standard library only (no ``prometheus_client``, no torch), so the server process imports it
-cheaply.
+Every series is recorded in the main process: request latencies and token counts by the
+tokenizer manager, the scheduler's gauges and cumulative prefix-cache totals from its
+heartbeats (mirrored by a collector, since a Prometheus counter cannot be set). So no
+multiprocess mode is needed. Process metrics (CPU seconds, resident memory, open files) are
+exported for all three processes: the main one as ``process_*``, the children as
+``radixlm_scheduler_process_*`` and ``radixlm_detokenizer_process_*``.
+
+Each ``ServerMetrics`` has its own ``CollectorRegistry`` (no global state).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
 
-from radixlm.server.prometheus import (
-    CONTENT_TYPE,
-    CounterChild,
-    GaugeChild,
-    HistogramChild,
-    MetricsRegistry,
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "INTER_TOKEN_BUCKETS", "LATENCY_BUCKETS", "ServerMetrics"]
+__all__ = ["CONTENT_TYPE", "INTER_TOKEN_BUCKETS", "LATENCY_BUCKETS", "PREFIXES", "ServerMetrics"]
 
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+PREFIXES = ("radixlm", "sglang")  # --metrics-compat
 
 # NOTE: SGLang's TTFT/E2E buckets start at 100 ms; ours extend down to 1 ms (prefix-cache hits on
 # a small model answer that fast) and up to 10 min, with the same 0.1..400 s core so quantiles
@@ -38,35 +52,69 @@ INTER_TOKEN_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+class _MirroredTotals(Collector):
+    """Counters whose value is a total kept elsewhere (the scheduler's), set on each heartbeat;
+    a smaller total (a restarted scheduler) is ignored, so the series never decreases."""
+
+    def __init__(self, prefix: str, model_name: str, docs: dict[str, str]) -> None:
+        self.prefix, self.model_name, self.docs = prefix, model_name, docs
+        self.values = dict.fromkeys(docs, 0.0)
+
+    def set_total(self, name: str, value: float) -> None:
+        self.values[name] = max(self.values[name], float(value))
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, doc in self.docs.items():
+            family = CounterMetricFamily(f"{self.prefix}{name}", doc, labels=["model_name"])
+            family.add_metric([self.model_name], self.values[name])
+            yield family
+
+
 class ServerMetrics:
-    """The server's metric set: SGLang's names with the ``radixlm:`` prefix, every sample labelled
-    ``model_name``. The tokenizer manager calls the ``on_*`` hooks; ``/metrics`` returns
-    ``render()`` with ``CONTENT_TYPE``. All series exist (at zero) from construction on."""
+    """The server's metric set (see the module docstring). The tokenizer manager calls the
+    ``on_*`` hooks; ``/metrics`` returns ``render()`` with ``CONTENT_TYPE``. All series but the
+    per-tenant ones exist (at zero) from construction on.
 
-    def __init__(self, model_name: str) -> None:
+    ``child_pids``: name → pid of the server's other processes, for their process metrics."""
+
+    def __init__(
+        self,
+        model_name: str,
+        prefix: str = "radixlm",
+        child_pids: dict[str, int] | None = None,
+    ) -> None:
+        if prefix not in PREFIXES:
+            raise ValueError(f"metrics prefix must be one of {PREFIXES}, got {prefix!r}")
         self.model_name = model_name
-        self.registry = MetricsRegistry()
-        reg, lab, m = self.registry, ("model_name",), {"model_name": model_name}
+        self.prefix = p = f"{prefix}:"
+        self.registry = reg = CollectorRegistry()
+        lab = ["model_name"]
 
-        def counter(name: str, doc: str) -> CounterChild:
-            return reg.counter(f"radixlm:{name}", doc, lab).labels(**m)
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(p + name, doc, lab, registry=reg).labels(model_name)
 
-        def gauge(name: str, doc: str) -> GaugeChild:
-            return reg.gauge(f"radixlm:{name}", doc, lab).labels(**m)
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(p + name, doc, lab, registry=reg).labels(model_name)
 
-        def histogram(name: str, doc: str, buckets: Sequence[float]) -> HistogramChild:
-            return reg.histogram(f"radixlm:{name}", doc, buckets, lab).labels(**m)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(p + name, doc, lab, buckets=buckets, registry=reg).labels(model_name)
 
-        tl = ("model_name", "tenant")  # --api-key-file tenants; a series appears on first use
-        self.tenant_requests = reg.counter(
-            "radixlm:tenant_requests_total", "Finished requests per API-key tenant.", tl
+        ProcessCollector(namespace="", registry=reg)
+        for child, pid in (child_pids or {}).items():
+            ProcessCollector(namespace=f"radixlm_{child}", pid=_fixed(pid), registry=reg)
+
+        tl = ["model_name", "tenant"]  # --api-key-file tenants; a series appears on first use
+        self.tenant_requests = Counter(
+            p + "tenant_requests_total", "Finished requests per API-key tenant.", tl, registry=reg
         )
-        self.tenant_prompt_tokens = reg.counter(
-            "radixlm:tenant_prompt_tokens_total", "Prompt tokens per API-key tenant.", tl
-        )
-        self.tenant_generation_tokens = reg.counter(
-            "radixlm:tenant_generation_tokens_total", "Generated tokens per API-key tenant.", tl
-        )
+        self.tenant_prompt_tokens = Counter(
+            p + "tenant_prompt_tokens_total", "Prompt tokens per API-key tenant.", tl,
+            registry=reg,
+        )  # fmt: skip
+        self.tenant_generation_tokens = Counter(
+            p + "tenant_generation_tokens_total", "Generated tokens per API-key tenant.", tl,
+            registry=reg,
+        )  # fmt: skip
         self.prompt_tokens = counter("prompt_tokens_total", "Number of prefill tokens processed.")
         self.generation_tokens = counter(
             "generation_tokens_total", "Number of generation tokens processed."
@@ -78,14 +126,17 @@ class ServerMetrics:
         self.num_aborted_requests = counter(
             "num_aborted_requests_total", "Number of requests aborted (client or server)."
         )
-        self.prefix_cache_queried_tokens = counter(
-            "prefix_cache_queried_tokens_total",
-            "Prompt tokens looked up in the prefix cache by the scheduler.",
+        self.scheduler_totals = _MirroredTotals(
+            p,
+            model_name,
+            {
+                "prefix_cache_queried_tokens": "Prompt tokens looked up in the prefix cache by "
+                "the scheduler.",
+                "prefix_cache_hit_tokens": "Of the queried tokens, those found in the prefix "
+                "cache.",
+            },
         )
-        self.prefix_cache_hit_tokens = counter(
-            "prefix_cache_hit_tokens_total",
-            "Of the queried tokens, those found in the prefix cache.",
-        )
+        reg.register(self.scheduler_totals)
         self.time_to_first_token = histogram(
             "time_to_first_token_seconds", "Time to first token in seconds.", LATENCY_BUCKETS
         )
@@ -132,7 +183,8 @@ class ServerMetrics:
         """
         if num_tokens <= 0:
             return
-        self.inter_token_latency.observe(itl_s / num_tokens, num_tokens)
+        for _ in range(num_tokens):
+            self.inter_token_latency.observe(itl_s / num_tokens)
 
     def on_request_finished(
         self,
@@ -160,10 +212,9 @@ class ServerMetrics:
         if queue_s is not None:
             self.queue_time.observe(queue_s)
         if tenant is not None:
-            labels = {"model_name": self.model_name, "tenant": tenant}
-            self.tenant_requests.labels(**labels).inc()
-            self.tenant_prompt_tokens.labels(**labels).inc(prompt_tokens)
-            self.tenant_generation_tokens.labels(**labels).inc(completion_tokens)
+            self.tenant_requests.labels(self.model_name, tenant).inc()
+            self.tenant_prompt_tokens.labels(self.model_name, tenant).inc(prompt_tokens)
+            self.tenant_generation_tokens.labels(self.model_name, tenant).inc(completion_tokens)
 
     def on_constrained_output(self, report: dict) -> None:
         """A constrained request finished with ``report`` (``meta_info["constraint"]``)."""
@@ -191,9 +242,13 @@ class ServerMetrics:
         self.token_usage.set(token_usage)
         self.gen_throughput.set(gen_throughput)
         self.cache_hit_rate.set(cache_hit_rate)
-        self.prefix_cache_queried_tokens.set_total(prefix_cache_queried_tokens)
-        self.prefix_cache_hit_tokens.set_total(prefix_cache_hit_tokens)
+        self.scheduler_totals.set_total("prefix_cache_queried_tokens", prefix_cache_queried_tokens)
+        self.scheduler_totals.set_total("prefix_cache_hit_tokens", prefix_cache_hit_tokens)
 
-    def render(self) -> str:
+    def render(self) -> bytes:
         """All metrics in the text exposition format (serve with ``CONTENT_TYPE``)."""
-        return self.registry.render()
+        return generate_latest(self.registry)
+
+
+def _fixed(pid: int) -> Callable[[], int]:
+    return lambda: pid

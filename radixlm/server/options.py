@@ -56,6 +56,12 @@ class ServerConfig:
         16 * 1024 * 1024, "largest request body accepted (bytes); a larger one is a 413"
     )
     enable_metrics: bool = option(False, "serve Prometheus metrics at /metrics")
+    metrics_compat: str = option(
+        "radixlm",
+        "metric name prefix: radixlm (radixlm:...) or sglang (sglang:..., SGLang's names, so "
+        "its Grafana dashboards work unchanged)",
+        ("radixlm", "sglang"),
+    )
     decode_log_interval: int = option(40, "log one batch-statistics line every N scheduler steps")
     watchdog_timeout: float = option(
         300.0, "seconds without a scheduler heartbeat before the server declares it hung and exits"

@@ -26,6 +26,7 @@ def keyed(start_server, tmp_path_factory):
     return start_server(
         "--api-key-file", str(keys), "--api-key", "key-plain", "--admin-api-key", "key-admin",
         "--served-model-name", "stories,story-alias", "--enable-metrics",
+        "--metrics-compat", "sglang",
     )  # fmt: skip
 
 
@@ -50,10 +51,10 @@ def test_tenants_never_share_cached_prefixes(keyed):
     assert status == 401
     status, text = keyed.get("/metrics")
     for tenant, requests in (("alice", 2), ("bob", 2)):
-        line = f'radixlm:tenant_requests_total{{model_name="stories",tenant="{tenant}"}}'
+        line = f'sglang:tenant_requests_total{{model_name="stories",tenant="{tenant}"}}'
         assert re.search(re.escape(line) + rf" {requests}(\.0)?\n", text), text[-2000:]
     prompt = re.search(
-        r'radixlm:tenant_prompt_tokens_total\{model_name="stories",tenant="alice"\} (\d+)', text
+        r'sglang:tenant_prompt_tokens_total\{model_name="stories",tenant="alice"\} (\d+)', text
     )
     assert prompt and int(prompt.group(1)) > 20, text[-2000:]
 

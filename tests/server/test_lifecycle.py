@@ -46,11 +46,15 @@ def test_metrics(guarded):
     time.sleep(1.5)  # one scheduler heartbeat carries the gauges and cache counters
     status, text = guarded.get("/metrics")
     assert status == 200
+    from prometheus_client.parser import text_string_to_metric_families
+
     samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
+    for family in text_string_to_metric_families(text):  # parses, or raises
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    for proc in ("process", "radixlm_scheduler_process", "radixlm_detokenizer_process"):
+        assert samples[f"{proc}_resident_memory_bytes"] > 10e6  # each server process
     label = '{model_name="stories260K"}'
     assert samples[f"radixlm:num_requests_total{label}"] >= 3  # incl. the api-key test's
     assert samples[f"radixlm:generation_tokens_total{label}"] >= 10
