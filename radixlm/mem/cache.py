@@ -88,6 +88,14 @@ class PrefixCache(ABC):
     @abstractmethod
     def protected_size(self) -> int: ...
 
+    def record_hit(self, handle: Any) -> None:
+        """A request was admitted on the cached prefix ``handle`` (observability)."""
+        del handle  # a cache without a tree keeps no hit counts
+
+    def top_prefixes(self, k: int) -> tuple[int, list[tuple[list[int], int]]]:
+        """(node count, up to ``k`` (prefix token ids, hits)); a cache without a tree has none."""
+        return 0, []
+
     def total_size(self) -> int:
         return self.evictable_size() + self.protected_size()
 

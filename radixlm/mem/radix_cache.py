@@ -56,7 +56,9 @@ def common_prefix_len(key: list[int], query: list[int], offset: int) -> int:
 
 
 class TreeNode:
-    __slots__ = ("children", "parent", "key", "value", "lock_ref", "last_access", "namespace")
+    __slots__ = (
+        "children", "parent", "key", "value", "lock_ref", "last_access", "namespace", "hits"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class TreeNode:
         self.lock_ref = 0
         self.last_access = last_access
         self.namespace = namespace
+        self.hits = 0  # admitted requests whose cached prefix ran through this node
 
     def __repr__(self) -> str:
         return f"TreeNode(len={len(self.key)}, lock_ref={self.lock_ref}, ns={self.namespace!r})"
@@ -115,6 +118,7 @@ class RadixCache(PrefixCache):
             child.key[:n], child.value[:n].clone(), parent, child.namespace, child.last_access
         )
         upper.lock_ref = child.lock_ref
+        upper.hits = child.hits  # every match that went through child went through upper
         child.key = child.key[n:]
         child.value = child.value[n:].clone()
         child.parent = upper
@@ -262,6 +266,32 @@ class RadixCache(PrefixCache):
             out.append(node)
             stack.extend(node.children.values())
         return out
+
+    def record_hit(self, handle: TreeNode | None) -> None:
+        """A request was admitted on the prefix ending at ``handle``: count it on every node of
+        the path (observability: the dashboard's top prefixes)."""
+        node = handle
+        while node is not None and node is not self.root:
+            node.hits += 1
+            node = node.parent
+
+    def top_prefixes(self, k: int) -> tuple[int, list[tuple[list[int], int]]]:
+        """(node count, the ``k`` cached prefixes with the most hits: (token ids from the root,
+        hits)); of a chain of nodes with equal hits only the longest prefix is listed."""
+        nodes = self.nodes()
+        ranked = sorted(
+            (n for n in nodes if n is not self.root and n.hits > 0
+             and not any(c.hits == n.hits for c in n.children.values())),
+            key=lambda n: (-n.hits, -n.last_access),
+        )[:k]  # fmt: skip
+        out = []
+        for node in ranked:
+            parts, up = [], node
+            while up is not self.root:
+                parts.append(up.key)
+                up = up.parent
+            out.append(([t for part in reversed(parts) for t in part], node.hits))
+        return len(nodes) - 1, out
 
     def cached_slots(self) -> torch.Tensor:
         values = [n.value for n in self.nodes()]

@@ -97,6 +97,8 @@ class PrefillScheduling:
                 req.waiting_passes = 0
                 self.stats.prefix_queried_tokens += req.fill_len
                 self.stats.prefix_hit_tokens += req.kv_len
+                if req.kv_len:
+                    self.cache.record_hit(matches[id(req)].handle)
                 if not req.admitted_once:
                     req.cached_tokens = req.kv_len
                     req.admitted_once = True

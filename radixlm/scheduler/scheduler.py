@@ -214,8 +214,24 @@ class Scheduler(BatchProcessing, PrefillScheduling, DecodeScheduling):
             self.cache,
             num_running_reqs=len(self.running) + (self.chunked_req is not None),
             num_waiting_reqs=len(self.waiting),
+            num_grammar_waiting_reqs=len(self.grammars.queue),
             free_kv_tokens=self.allocator.available_size(),
         )
+
+    def tree_summary(self, k: int, head: int = 48, tail: int = 32) -> dict[str, Any]:
+        """The radix tree for the dashboard: node count and the ``k`` most-hit cached prefixes,
+        each as its length, hits and its first ``head`` / last ``tail`` token ids."""
+        nodes, top = self.cache.top_prefixes(k)
+        prefixes = [
+            {
+                "tokens": len(ids),
+                "hits": hits,
+                "head": ids[:head],
+                "tail": ids[-tail:] if len(ids) > head + tail else ids[head:],
+            }
+            for ids, hits in top
+        ]
+        return {"nodes": nodes, "top_prefixes": prefixes}
 
     def check_memory_invariants(self) -> None:
         """When idle: every slot is free or cached, every row is free. Raises on a leak."""

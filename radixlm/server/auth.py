@@ -1,7 +1,7 @@
 """Who may call what: API keys (one, or a file of keys with a tenant each) and the admin routes.
 
-- ``--api-key`` and/or ``--api-key-file``: every route except OPTIONS and ``/health*`` /
-  ``/metrics`` needs ``Authorization: Bearer <key>`` (the scheme in any case, RFC 7235; keys
+- ``--api-key`` and/or ``--api-key-file``: every route except OPTIONS, ``/health*``,
+  ``/metrics`` and the ``/dashboard`` page (not its data) needs ``Authorization: Bearer <key>`` (the scheme in any case, RFC 7235; keys
   compared in constant time). A key from the file names a tenant, which the routes read from
   the ASGI scope (:func:`tenant_of`); the tokenizer manager puts each tenant's requests in their
   own prefix-cache namespace, so tenants never share cached KV (no cache-timing side channel).
@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from radixlm.errors import ConfigError
 
 OPEN_PATHS = ("/health", "/health_generate", "/metrics")
+DASHBOARD_PAGE = "/dashboard"  # the page holds no data; /dashboard/data needs the key
 ADMIN_PATHS = ("/abort_request", "/flush_cache")
 TENANT_SCOPE_KEY = "radixlm.tenant"
 
@@ -113,7 +114,7 @@ class AuthMiddleware:
                 await _deny(scope, receive, send, 403, f"{path} answers loopback clients only; "
                             "start the server with --admin-api-key to use it remotely")  # fmt: skip
                 return
-        if self.keys and not path.startswith(OPEN_PATHS):
+        if self.keys and not (path.startswith(OPEN_PATHS) or path == DASHBOARD_PAGE):
             ok, tenant = self._tenant(token)
             if not ok:
                 await _deny(scope, receive, send, 401,

@@ -30,7 +30,7 @@ class FlushCacheReq:
 
 @dataclass
 class GetStatsReq:
-    pass
+    top_prefixes: int = 0  # > 0: add the radix tree's summary with this many prefixes
 
 
 @dataclass

@@ -143,7 +143,10 @@ class SchedulerLoop:
             ok = sched.flush_cache()
             self.to_main.send(codec.encode(ControlReply("flush_cache", ok)))
         elif isinstance(msg, GetStatsReq):
-            self.to_main.send(codec.encode(ControlReply("stats", True, self._stats())))
+            stats = self._stats()
+            if msg.top_prefixes > 0:
+                stats["radix_tree"] = sched.tree_summary(msg.top_prefixes)
+            self.to_main.send(codec.encode(ControlReply("stats", True, stats)))
         else:
             logger.warning("ignoring unexpected message %s", type(msg).__name__)
 

@@ -31,6 +31,7 @@ from radixlm.config import EngineConfig
 from radixlm.entrypoints.result import ResultBuilder, status_error
 from radixlm.errors import CapacityError, RadixLMError, RequestError
 from radixlm.server import codec
+from radixlm.server.dashboard import DashboardHistory
 from radixlm.server.io_struct import (
     AbortRequests,
     BatchTextOutputs,
@@ -137,6 +138,7 @@ class TokenizerManager:
         self.states: dict[str, ReqState] = {}  # by the scheduler-side (unique) request id
         self._seq = 0  # makes scheduler-side request ids unique
         self.draining = False
+        self.dashboard = DashboardHistory()  # /dashboard's time series
         self.health = Health()
         self._control: dict[str, deque[asyncio.Future]] = {"flush_cache": deque(), "stats": deque()}
         self._tasks: list[asyncio.Task] = []
@@ -324,6 +326,10 @@ class TokenizerManager:
     async def scheduler_stats(self) -> dict[str, Any]:
         return (await self._control_call("stats", GetStatsReq())).payload
 
+    async def scheduler_stats_with_tree(self, top_prefixes: int) -> dict[str, Any]:
+        """The scheduler's stats plus its radix tree summary (``radix_tree``)."""
+        return (await self._control_call("stats", GetStatsReq(top_prefixes))).payload
+
     def cpu_seconds(self) -> float:
         """CPU time of the main process plus the detokenizer (all outside the forward)."""
         total = time.process_time()
@@ -347,6 +353,7 @@ class TokenizerManager:
             elif isinstance(msg, Heartbeat):
                 self.health.last_heartbeat = time.monotonic()
                 self.health.stats = msg.stats
+                self.dashboard.on_heartbeat(msg.stats)
                 if self.metrics is not None:
                     self._observe_stats(msg.stats)
             elif isinstance(msg, RequestRejected):
@@ -394,17 +401,19 @@ class TokenizerManager:
 
     # ---- metrics -------------------------------------------------------------------------
     def _observe(self, st: ReqState, out: Any) -> None:
-        m = self.metrics
-        if m is None:
-            return
+        """Feed one output to the dashboard's history and, with --enable-metrics, the metrics."""
         now = time.time()
-        b = st.builder
+        b, m = st.builder, self.metrics
         if out.new_token_ids:
             if st.last_token_time == 0.0:
-                m.on_first_token(now - b.created)
-            else:
+                self.dashboard.on_first_token(now - b.created)
+                if m is not None:
+                    m.on_first_token(now - b.created)
+            elif m is not None:
                 m.on_tokens(now - st.last_token_time, len(out.new_token_ids))
             st.last_token_time = now
+        if m is None:
+            return
         if out.finished_reason is not None:
             m.on_request_finished(
                 prompt_tokens=out.prompt_tokens,
