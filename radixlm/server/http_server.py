@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from radixlm import __version__
 from radixlm.errors import RadixLMError
 from radixlm.server.auth import AuthMiddleware, load_api_keys, tenant_of
+from radixlm.server.dashboard import create_dashboard_router
 from radixlm.server.http_util import (
     SSE_DONE,
     ClientDisconnected,
@@ -215,4 +216,5 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
         return Response(tm.metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(create_openai_router(lambda: tm))
+    app.include_router(create_dashboard_router(tm))
     return app
