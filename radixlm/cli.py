@@ -32,7 +32,10 @@ def add_engine_args(parser: argparse.ArgumentParser, cls: type = EngineConfig) -
             conv = {"int": int, "float": float}.get(kind, str)
             if f.name == "model_path":
                 flag = (flag, "--model")
-            flags = flag if isinstance(flag, tuple) else (flag,)
+            flags = (
+                *(flag if isinstance(flag, tuple) else (flag,)),
+                *f.metadata.get("aliases", ()),
+            )
             parser.add_argument(
                 *flags,
                 dest=f.name,

@@ -27,8 +27,14 @@ QUANTIZATIONS = ("none", "w8a16")
 GRAMMAR_BACKENDS = ("auto", "llguidance", "outlines", "xgrammar", "none")
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    """A config field that is also a CLI flag (``aliases``: more flag names, e.g. ``--tp``)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "aliases": aliases})
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,18 @@ class EngineConfig:
         "auto", "weight/activation dtype; auto = checkpoint dtype (fp32 → bf16 on CUDA)", DTYPES
     )
     device: str = option("auto", "device to run on; auto = cuda if available else cpu", DEVICES)
+    tp_size: int = option(
+        1,
+        "tensor-parallel ranks; only 1 for now (multi-rank serving is not built yet, and a "
+        "larger value is refused rather than ignored)",
+        aliases=("--tp",),
+    )
+    dp_size: int = option(
+        1,
+        "data-parallel replicas; only 1 for now (a larger value is refused rather than ignored; "
+        "run several servers behind sglang-router meanwhile)",
+        aliases=("--dp",),
+    )
     attention_backend: str = option(
         "auto",
         "attention kernels; auto = flashinfer if installed, else triton, on CUDA; on CPU "
@@ -268,6 +286,13 @@ class EngineConfig:
         device = changes.get("device", self.device)
         if device == "cuda" and not _cuda_available():
             raise ConfigError("device='cuda' requested but torch.cuda.is_available() is False")
+        for name in ("tp_size", "dp_size"):
+            if getattr(self, name) != 1:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)}: this server runs one rank and one replica "
+                    f"(tensor and data parallelism are not built yet); pass {name} 1, or run "
+                    "several servers behind sglang-router"
+                )
         if self.cuda_graph_max_bs < 1:
             raise ConfigError(f"cuda_graph_max_bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.quantization != "none" and (device != "cpu" or self.cpu_kernels == "torch"):

@@ -136,3 +136,19 @@ def test_resolve_is_idempotent_and_replace_revalidates(no_cuda: None) -> None:
     assert cfg.dtype == "auto"
     with pytest.raises(ConfigError, match="dtype"):
         cfg.replace(dtype="int8")
+
+
+def test_tp_and_dp_size_one_accepted_larger_refused():
+    """A copied SGLang launch line with --tp-size 1 / --dp-size 1 works; more ranks or replicas
+    are refused with the reason (not ignored)."""
+    import argparse
+
+    from radixlm.cli import add_engine_args, engine_options
+
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)
+    args = parser.parse_args(["--tp", "1", "--dp-size", "1"])
+    assert EngineConfig.from_options(**engine_options(args)).tp_size == 1
+    for name in ("tp_size", "dp_size"):
+        with pytest.raises(ConfigError, match=f"{name}=2: this server runs one rank"):
+            EngineConfig.from_options(**{name: 2})
