@@ -433,8 +433,9 @@ class CompileWorkerPool:
                 self._fail(
                     w.job,
                     GrammarError(
-                        f"compiling the grammar took longer than {self.timeout_s:g} s; simplify "
-                        "the schema or raise --grammar-compile-timeout"
+                        f"compiling the constraint (regex, JSON schema or grammar) took longer "
+                        f"than {self.timeout_s:g} s; simplify it or raise "
+                        "--grammar-compile-timeout"
                     ),
                 )
 

@@ -18,6 +18,7 @@ engine).
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -101,8 +102,27 @@ def error_body(e: Exception) -> tuple[int, dict[str, Any]]:
     message = str(e) if isinstance(e, RadixLMError) else INTERNAL_ERROR
     kind = "invalid_request_error" if status < 500 else "server_error"
     code = getattr(e, "code", None) or status  # e.g. "model_not_found", as OpenAI sends it
-    err = {"message": message, "type": kind, "param": getattr(e, "param", None), "code": code}
+    param = getattr(e, "param", None)
+    if param is None and isinstance(e, RequestError):
+        param = _param_named(message)
+    err = {"message": message, "type": kind, "param": param, "code": code}
     return status, {"error": err}
+
+
+# Native names the engine's messages use, as the OpenAI request calls them.
+_OPENAI_NAME = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens",
+                "input_ids": "prompt", "sampling_seed": "seed"}  # fmt: skip
+_LEADING_NAME = re.compile(r"([a-z_]+)\b")
+
+
+def _param_named(message: str) -> str | None:
+    """The OpenAI field an engine-side message starts with (``temperature must be ...``,
+    ``logit_bias key ...``, ``n=65 asks ...``), for the error body's ``param``; else None."""
+    match = _LEADING_NAME.match(message)
+    if match is None:
+        return None
+    name = _OPENAI_NAME.get(match.group(1), match.group(1))
+    return name if name in COMPLETION_FIELDS | CHAT_FIELDS else None
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:

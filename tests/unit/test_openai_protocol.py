@@ -432,3 +432,22 @@ def test_stream_final_chunk_without_new_text_and_abort(backend):
     assert not st.all_done
     with pytest.raises(RequestAbortedError, match="admin"):
         st.feed({"index": 1, **result("", [], {"type": "abort", "message": "admin"})})
+
+
+@pytest.mark.parametrize(
+    "message,param",
+    [
+        ("temperature must be in [0.0, inf], got -1", "temperature"),
+        ("max_new_tokens must be >= 0, got -1", "max_tokens"),
+        ("input_ids: token id 99999 is outside the vocabulary", "prompt"),
+        ("n=65 asks for more samples than this server allows", "n"),
+        ("the prompt has 600 tokens but this server accepts at most 511", None),
+    ],
+)
+def test_engine_errors_name_the_openai_param(message, param):
+    """An engine-side 400 (its message starts with the native field) names the OpenAI field."""
+    from radixlm.errors import RequestError
+    from radixlm.server.openai_protocol import error_body
+
+    status, body = error_body(RequestError(message))
+    assert status == 400 and body["error"]["param"] == param
