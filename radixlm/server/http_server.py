@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixlm import __version__
 from radixlm.errors import RadixLMError
+from radixlm.server import openapi
 from radixlm.server.auth import AuthMiddleware, load_api_keys, tenant_of
 from radixlm.server.dashboard import create_dashboard_router
 from radixlm.server.http_util import (
@@ -68,6 +69,7 @@ async def _sse_events(first: Any, it: AsyncIterator[Any]) -> AsyncIterator[str]:
 
 def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="RadixLM", version=__version__, lifespan=lifespan)
+    openapi.install(app)  # the generation routes' request and response schemas
     app.state.tm = tm
     cfg = tm.server_config
 
@@ -103,7 +105,8 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
         return response
 
     # ---- generation ----------------------------------------------------------------------
-    @app.api_route("/generate", methods=["POST", "PUT"])
+    @app.post("/generate", **openapi.generate_docs())
+    @app.put("/generate", **openapi.generate_docs())  # one route per method: unique operationIds
     async def generate(request: Request) -> Response:
         it = None
         streaming = False
@@ -173,7 +176,8 @@ def create_app(tm: TokenizerManager, lifespan: Any = None) -> FastAPI:
         )
         return JSONResponse(info)
 
-    @app.api_route("/flush_cache", methods=["GET", "POST"])  # an admin route (server/auth.py)
+    @app.get("/flush_cache")  # an admin route (server/auth.py)
+    @app.post("/flush_cache")  # one route per method: unique operationIds
     async def flush_cache() -> Response:
         if await tm.flush_cache():
             return PlainTextResponse("Cache flushed.\n")

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from radixlm.errors import RadixLMError
+from radixlm.server import openapi
 from radixlm.server.auth import tenant_of
 from radixlm.server.chat_template import ChatTemplate
 from radixlm.server.http_util import (
@@ -102,11 +103,11 @@ def create_openai_router(get_backend: Callable[[], GenerateBackend]) -> APIRoute
         ]
         return JSONResponse({"object": "list", "data": cards})
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", **openapi.completions_docs())
     async def completions(request: Request) -> Response:
         return await _handle(request, get_backend, parse_completion_request)
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", **openapi.chat_completions_docs())
     async def chat_completions(request: Request) -> Response:
         return await _handle(request, get_backend, parse_chat_request)
 

@@ -1,0 +1,210 @@
+"""A bounded fuzz of the three generation routes from their published ``/openapi.json``.
+
+Request bodies are generated from each route's request schema (``schema_strategies``), sent
+to the session server as they are ("valid": what the schema allows, which may still break a
+rule across fields or exceed the model's vocabulary) or mutated (a field dropped or retyped,
+an unknown field, a nested value replaced, other JSON, malformed bytes). Every reply must keep
+the contract (``api_check``): never a 5xx, a 4xx is a JSON error with a message, a 200 (JSON
+or SSE) validates against the response models and the published schemas. Valid bodies must
+also validate against the pydantic request models (the schema and the models agree).
+
+Bounded: generation is capped at 4 new tokens and ``n <= 2`` (the caps are applied to the
+generated values, not to the contract); ``derandomize`` makes the runs the same every time.
+
+Known server bugs the fuzz found are kept out by :func:`avoid_known_bugs`, each with its
+reproduction; drop an entry when its bug is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from radixlm.server.api_models import REQUEST_MODELS
+from radixlm.server.openai_protocol import CHAT_FIELDS, COMPLETION_FIELDS
+from tests.server.api_check import CMPL, GEN, ROUTES, Contract, send
+from tests.server.schema_strategies import SchemaStrategies, mutate
+
+EXAMPLES = 300  # per route and mode: 1,800 requests, ~60-90 s on a loaded 2-core machine
+MAX_NEW = 4
+MAX_N = 2
+VOCAB = 512  # the bundled model's
+
+
+@pytest.fixture(scope="module")
+def contract(server) -> Contract:
+    status, doc = server.get("/openapi.json")
+    assert status == 200
+    return Contract(doc)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _cap(d: Any, tokens: str) -> Any:
+    """``d`` (a dict of sampling fields, else unchanged) with at most MAX_NEW new tokens and
+    MAX_N samples: an absent or null token limit becomes MAX_NEW, a larger number MAX_NEW;
+    values of other types stay (they test the checks)."""
+    if d is None and tokens == "max_new_tokens":
+        return {tokens: MAX_NEW}
+    if not isinstance(d, dict):
+        return d
+    d = dict(d)
+    if d.get(tokens) is None or (_number(d[tokens]) and d[tokens] > MAX_NEW):
+        d[tokens] = MAX_NEW
+    if _number(d.get("n")) and d["n"] > MAX_N:
+        d["n"] = MAX_N
+    if _number(d.get("best_of")) and d["best_of"] > MAX_N:
+        d["best_of"] = MAX_N
+    return d
+
+
+def bounded(route: str, body: Any) -> Any:
+    """The caps on generation (they keep each request cheap; the contract has no such caps)."""
+    if not isinstance(body, dict):
+        return body
+    if route != GEN:
+        body = _cap(body, "max_tokens")
+        if _number(body.get("max_completion_tokens")):
+            body["max_completion_tokens"] = min(body["max_completion_tokens"], MAX_NEW)
+        return body
+    sp = body.get("sampling_params")
+    sp = (
+        [_cap(x, "max_new_tokens") for x in sp]
+        if isinstance(sp, list)
+        else _cap(sp, "max_new_tokens")
+    )
+    return {**body, "sampling_params": sp}
+
+
+def servable(route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A valid body nudged towards a 200: one prompt field on ``/generate``, and token ids
+    inside the vocabulary (so the fuzz reaches generation, not only the checks before it)."""
+
+    def ids(x: Any) -> Any:
+        if isinstance(x, list):
+            return [ids(v) for v in x]
+        return x % VOCAB if isinstance(x, int) and not isinstance(x, bool) else x
+
+    key = "prompt" if route == CMPL else "input_ids"
+    body = {**body, key: ids(body[key])} if key in body else dict(body)
+    if route == GEN:
+        if body.get("text") is not None and body.get("input_ids") is not None:
+            del body["input_ids"]
+        elif body.get("text") is None and body.get("input_ids") is None:
+            body["text"] = "Once upon a time"
+    return body
+
+
+# ---- known bugs ----------------------------------------------------------------------------
+def _printable(name: str) -> str:
+    """Bug 3: a field name that fits an HTTP header value (visible ASCII, inner spaces)."""
+    visible = "".join(c if " " <= c <= "~" else f"<{ord(c):x}>" for c in name)
+    return visible.strip() + "<20>" * (len(visible) - len(visible.strip()))
+
+
+def _ints(x: Any) -> list[int]:
+    if isinstance(x, list):
+        return [i for v in x for i in _ints(v)]
+    return [x] if isinstance(x, int) and not isinstance(x, bool) else []
+
+
+def _float32_safe(d: Any) -> Any:
+    """Bug 1: sampling values whose float32 logits overflow, replaced by tame ones."""
+    if not isinstance(d, dict):
+        return d
+    rp, t = d.get("repetition_penalty"), d.get("temperature")
+    if _number(rp) and 0 < rp < 1e-30:
+        d = {**d, "repetition_penalty": 1e-3}
+    if _number(t) and t > 1e30:
+        d = {**d, "temperature": 1e3}
+    return d
+
+
+def avoid_known_bugs(route: str, body: Any) -> Any:
+    """``body`` without the inputs of the 5xx bugs found so far (each a reproduction):
+
+    1. A ``repetition_penalty`` in (0, ~3e-39) or a ``temperature`` above ~1e38 is accepted
+       but overflows the float32 logits to inf/NaN; with a constraint the sampled token is
+       one the grammar masked, a 500: ``POST /generate {"text": "i", "sampling_params":
+       {"regex": "ii", "repetition_penalty": 1e-40, "max_new_tokens": 4}}`` or ``{"text":
+       "0", "sampling_params": {"regex": "0", "temperature": 1e300, "max_new_tokens": 4}}``
+       -> 500 "the regex constraint failed internally" (at temperature 1.0 for the first;
+       without a constraint the output is silent garbage).
+    2. ``/v1/completions`` with ``echo: true`` decodes token-id prompts before they are checked
+       against the vocabulary: ``{"prompt": [99999999999999], "echo": true, "max_tokens": 1}``
+       (or ``[-1]``) -> 500 (OverflowError in the tokenizer's decode).
+    3. ``/v1/*``: an ignored field's name goes into the ``X-Ignored-Fields`` header as is: a
+       name that is not Latin-1 (``{"prompt": "hi", "max_tokens": 1, "\\u20ac": 1}``) -> 500
+       (UnicodeEncodeError); one with a control character (``"a\\r\\nX-Evil: 1"``, ``"\\t"``)
+       or with a space at either end (``{"prompt": "hi", "max_tokens": 1, "a ": 1}``) -> the
+       connection is closed with no response (h11 refuses the header value).
+    4. ``/v1/*``: an unhashable ``model`` (``{"prompt": "hi", "model": []}`` or ``{}``) -> 500
+       (TypeError in the served-name check) instead of a 400/404.
+    """
+    if not isinstance(body, dict):
+        return body
+    if route == GEN:
+        sp = body.get("sampling_params")
+        sp = [_float32_safe(x) for x in sp] if isinstance(sp, list) else _float32_safe(sp)
+        return {**body, "sampling_params": sp}
+    body = _float32_safe(body)
+    if body.get("echo") is True and any(not 0 <= i < 2**31 for i in _ints(body.get("prompt"))):
+        body["echo"] = False
+    if isinstance(body.get("model"), (list, dict)):
+        body["model"] = "unhashable"
+    read = COMPLETION_FIELDS if route == CMPL else CHAT_FIELDS
+    return {k if k in read else _printable(k): v for k, v in body.items()}
+
+
+# ---- the fuzz ------------------------------------------------------------------------------
+def _encode(body: Any) -> bytes:
+    return body if isinstance(body, bytes) else json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("mode", ["valid", "mutated"])
+@pytest.mark.parametrize("route", ROUTES)
+def test_fuzz_route_keeps_the_contract(server, contract, route, mode):
+    bodies = SchemaStrategies(contract.doc).from_schema(contract.request_schema(route))
+    model = REQUEST_MODELS[route]
+    outcomes: dict[str, int] = {}
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.data())
+    def fuzz(data: st.DataObject) -> None:
+        body = data.draw(bodies, label="body")
+        contract.check_request(route, body)  # the generator makes what the schema allows
+        model.model_validate_json(json.dumps(body))  # the models say what the schema says
+        if mode == "valid":
+            body = servable(route, body)
+            if data.draw(st.integers(0, 3), label="stream") == 0:  # streams more often
+                body["stream"] = True
+        else:
+            body = data.draw(mutate(body), label="mutated")
+        raw = _encode(avoid_known_bugs(route, bounded(route, body)))
+        try:
+            reply = send(server.url, route, raw, timeout=60)
+        except OSError as e:  # e.g. the server closed the connection without a response
+            raise AssertionError(f"{route}: no response ({e!r}) to {raw[:300]!r}") from e
+        kind = contract.check(route, reply)
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+
+    start = time.monotonic()
+    fuzz()
+    print(f"{route} {mode}: {outcomes} in {time.monotonic() - start:.1f} s")
+    if mode == "valid":  # the fuzz reached generation, not only the checks before it
+        assert outcomes.get("ok", 0) + outcomes.get("stream", 0) >= EXAMPLES // 10, outcomes
+    assert server.get("/health")[0] == 200
