@@ -27,6 +27,10 @@ seconds (a smoke test of this script, run by the unit tests; its numbers mean no
 Default command (on the GPU machine, from the repo root):
 
     python bench/gpu.py --json-out bench/results/gpu_h200_<date>.json
+
+With ``--json-out``, a plot beside it (``--plot-file``; ``bench/plots.py``): output tok/s against
+concurrency (overlap on and off, GPU idle share), batch-1 decode against the roofline, and the
+shared-prefix requests/s with the radix cache on and off.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from common import (
     load_prompts,
     repo_path,
 )
+from plots import PLOT_HELP, plot_path, write_plot
 
 SHAPES = {
     "llama3-8b": dict(
@@ -184,6 +189,7 @@ def main() -> None:
     ap.add_argument("--prefix-requests", type=int, default=128)
     ap.add_argument("--mem-bw-gbs", type=float, default=4800.0, help="roofline memory bandwidth")
     ap.add_argument("--json-out", type=Path)
+    ap.add_argument("--plot-file", default=None, help=PLOT_HELP)
     args = ap.parse_args()
     check_args(ap, args, {"phases": PHASES})
 
@@ -199,7 +205,11 @@ def main() -> None:
         flush=True,
     )
     _print_device(args.device)
-    report: dict[str, Any] = {"env": env, "args": vars(args) | {"json_out": str(args.json_out)}}
+    report: dict[str, Any] = {
+        "env": env,
+        "args": vars(args) | {"json_out": str(args.json_out)},
+        "targets": TARGETS,
+    }
 
     if "batch1" in phases:
         flat = [t for p in prompts for t in p]
@@ -276,6 +286,7 @@ def main() -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=1, default=str))
         print(f"wrote {args.json_out}")
+    write_plot("gpu", report, plot_path(args.plot_file, args.json_out))
 
 
 def _verdicts(report: dict, conc: list[int]) -> dict[str, str]:

@@ -27,6 +27,10 @@ outputs hold fewer tokens than the same text sampled token by token.
 Targets (auto): >= 97 % compiled, 100 % of finished outputs valid or flagged, >= 99 % valid,
 compile p50 <= 10 ms and p95 <= 100 ms, mask p50 <= 50 us; jump-on / jump-off >= 1.5x in forward
 steps and in requests/s on both backends; RadixLM (jump-on) / transformers >= 3x.
+
+With ``--json-out``, a plot beside it (``--plot-file``; ``bench/plots.py``): part 1's grammar
+compile-time CDF and mask-cost CDF per system, part 2's requests/s with jump-forward on and off
+per workload and backend (every pass a dot).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from json_decoding_masks import (
     print_table,
     run_masks,
 )
+from plots import PLOT_HELP, plot_path, write_plot
 
 DEFAULT_DATA = "../shared/data/jsonschemabench"
 DEFAULT_NAMES = "../shared/data/sglang_benchmark/json_jump_forward/dataset.txt"
@@ -475,6 +480,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (part 2)")
     p.add_argument("--json-out", default=None, help="write every number here as JSON")
+    p.add_argument("--plot-file", default=None, help=PLOT_HELP)
     p.add_argument("--log-level", default="warning", help="logging level inside the workers")
     return p.parse_args()
 
@@ -499,6 +505,7 @@ def main() -> None:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.json_out}")
+    write_plot("json_decoding", report, plot_path(args.plot_file, args.json_out))
 
 
 if __name__ == "__main__":

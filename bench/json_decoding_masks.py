@@ -33,6 +33,9 @@ Each system runs in its own worker process, killed and restarted when a compile 
   and not flagged would be a runtime bug: each is listed.
 
     python bench/json_decoding_masks.py --json-out bench/results/json_decoding_masks_<date>.json
+
+With ``--json-out``, a plot beside it (``--plot-file``; ``bench/plots.py``): the grammar
+compile-time CDF (share of all schemas compiled within t ms) and the mask-cost CDF per system.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Any
 
 import numpy as np
 from common import environment, print_header, repo_path
+from plots import PLOT_HELP, plot_path, write_plot
 
 SYSTEMS = ("auto", "llguidance", "outlines", "xgrammar", "llguidance-direct")
 TARGETS = {
@@ -567,6 +571,7 @@ def main() -> None:
     p.add_argument("--walk-steps", type=int, default=400, help="tokens per walk at most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", default=None, help="write every number here as JSON")
+    p.add_argument("--plot-file", default=None, help=PLOT_HELP)
     args = p.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not systems or set(systems) - set(SYSTEMS):
@@ -577,10 +582,11 @@ def main() -> None:
     for system, res in results.items():
         print_masks(system, res)
     print_comparison(results)
+    report = {"environment": env, "args": vars(args), "targets": TARGETS, "masks": results}
     if args.json_out:
-        report = {"environment": env, "args": vars(args), "targets": TARGETS, "masks": results}
         Path(args.json_out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.json_out}")
+    write_plot("json_decoding", report, plot_path(args.plot_file, args.json_out))
 
 
 if __name__ == "__main__":

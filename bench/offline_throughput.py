@@ -19,7 +19,8 @@ Default command (run from the repo root; takes a long time on a 2-core machine):
     python bench/offline_throughput.py
 
 Targets: RadixLM output tok/s >= 2x transformers at equal dtype; RadixLM peak RSS
-<= 1.5 x (weights + KV pool).
+<= 1.5 x (weights + KV pool). With ``--json-out``, a plot beside it (``--plot-file``): output tok/s
+and peak RSS per dtype and system (``bench/plots.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from common import (
     repo_path,
     worker_setup,
 )
+from plots import PLOT_HELP, plot_path, write_plot
 
 DEFAULT_DATASET = DEFAULT_SHAREGPT
 SPEED_TARGET = 2.0  # RadixLM tok/s / transformers tok/s, at equal dtype
@@ -268,6 +270,7 @@ def parse_args() -> argparse.Namespace:
         "--model-dir", default=None, help="default: bench/.cache/<shape key>; built if missing"
     )
     p.add_argument("--json-out", default=None, help="write every number here as JSON")
+    p.add_argument("--plot-file", default=None, help=PLOT_HELP)
     p.add_argument("--log-level", default="warning", help="logging level inside the workers")
     args = p.parse_args()
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -330,22 +333,23 @@ def main() -> None:
         runs.append({"dtype": dtype, "radixlm": ours, "transformers": hf, "agreement": match})
     print_summary(rows)
 
+    report = {
+        "environment": env,
+        "args": vars(args),
+        "model": {"dir": str(model_dir), **meta},
+        "workload": {
+            "num_prompts": len(prompts),
+            "prompt_tokens": prompt_tokens,
+            "output_tokens_per_system": args.num_prompts * args.output_len,
+        },
+        "runs": runs,
+        "summary": rows,
+        "targets": {"speedup_min": SPEED_TARGET, "rss_ratio_max": RSS_TARGET},
+    }
     if args.json_out:
-        report = {
-            "environment": env,
-            "args": vars(args),
-            "model": {"dir": str(model_dir), **meta},
-            "workload": {
-                "num_prompts": len(prompts),
-                "prompt_tokens": prompt_tokens,
-                "output_tokens_per_system": args.num_prompts * args.output_len,
-            },
-            "runs": runs,
-            "summary": rows,
-            "targets": {"speedup_min": SPEED_TARGET, "rss_ratio_max": RSS_TARGET},
-        }
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json_out}")
+    write_plot("offline_throughput", report, plot_path(args.plot_file, args.json_out))
     if not all(r["tokens_ok"] for run in runs for r in (run["radixlm"], run["transformers"])):
         sys.exit("error: a system did not generate exactly num_prompts x output_len tokens")
 

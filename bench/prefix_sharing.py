@@ -32,6 +32,9 @@ Default command (run from the repo root; takes a long time on a 2-core machine):
 Targets: mmlu lpm >= 5x cache-off and >= 10x transformers requests/s; noreuse lpm / cache-off
 >= 0.98; radix tree operations < 1% of every cache-on timed run; lpm outputs token-identical to
 cache-off (a mismatch, or a wrong output length, makes the script exit non-zero).
+
+With ``--json-out``, a plot beside it (``--plot-file``; ``bench/plots.py``): requests/s per
+workload and system (every round a dot) and the prefix-cache hit rate against the best possible.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from common import (
     repo_path,
     worker_setup,
 )
+from plots import PLOT_HELP, plot_path, write_plot
 
 DEFAULT_MMLU = "../shared/data/mmlu"
 DEFAULT_MT_BENCH = "../shared/data/mt_bench/question.jsonl"
@@ -449,6 +453,7 @@ def parse_args() -> argparse.Namespace:
         "--model-dir", default=None, help="default: bench/.cache/<shape key>; built if missing"
     )
     p.add_argument("--json-out", default=None, help="write every number here as JSON")
+    p.add_argument("--plot-file", default=None, help=PLOT_HELP)
     p.add_argument("--log-level", default="warning", help="logging level inside the workers")
     args = p.parse_args()
     check_args(p, args, {"workloads": WORKLOADS, "systems": tuple(SYSTEMS)}, POSITIVE)
@@ -541,22 +546,23 @@ def main() -> None:
 
     results = [(f"{s}/{n}", r) for s, run in runs.items() for n, r in run["workloads"].items()]
     bad_len = [name for name, r in results if not r["tokens_ok"]]
+    report = {
+        "environment": env,
+        "args": vars(args),
+        "model": {"dir": str(model_dir), **meta},
+        "kv_pool_tokens": pool,
+        "workloads": shape,
+        "mmlu_subjects": extra.get("mmlu_subjects"),
+        "runs": runs,
+        "agreement": {
+            n: {f"{s}_vs_{ref}": v for (s, ref), v in a.items()} for n, a in agree.items()
+        },
+        "targets": checks,
+    }
     if args.json_out:
-        report = {
-            "environment": env,
-            "args": vars(args),
-            "model": {"dir": str(model_dir), **meta},
-            "kv_pool_tokens": pool,
-            "workloads": shape,
-            "mmlu_subjects": extra.get("mmlu_subjects"),
-            "runs": runs,
-            "agreement": {
-                n: {f"{s}_vs_{ref}": v for (s, ref), v in a.items()} for n, a in agree.items()
-            },
-            "targets": checks,
-        }
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json_out}")
+    write_plot("prefix_sharing", report, plot_path(args.plot_file, args.json_out))
     if bad_len:
         sys.exit(f"error: wrong number of output tokens in {', '.join(bad_len)}")
     if checks[-1]["met"] is False:

@@ -10,6 +10,9 @@ on fresh prompts (so prefill cancels), best of ``--repeats``.
 Example (about 3 minutes on 2 cores; data paths as in bench/common.py):
 
     python bench/quantization.py --output-file bench/results/quantization_DATE.json
+
+With ``--output-file``, a plot beside it (``--plot-file``; ``bench/plots.py``): decode ms per step,
+prompt-logprob drift and greedy agreement per system.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from common import (
     repo_path,
     worker_setup,
 )
+from plots import PLOT_HELP, plot_path, write_plot
 
 SYSTEMS = {
     "bf16": {"dtype": "bfloat16"},
@@ -94,6 +98,7 @@ def main() -> int:
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="relative to the repo root")
     p.add_argument("--sharegpt", default=DEFAULT_SHAREGPT, help="ShareGPT JSON")
     p.add_argument("--output-file", default=None)
+    p.add_argument("--plot-file", default=None, help=PLOT_HELP)
     args = p.parse_args()
     tok_dir, data = repo_path(args.tokenizer), repo_path(args.sharegpt)
     for path, flag in ((tok_dir, "--tokenizer"), (data, "--sharegpt")):
@@ -139,6 +144,7 @@ def main() -> int:
     if args.output_file:
         with open(args.output_file, "w") as f:
             json.dump(report, f, indent=1)
+    write_plot("quantization", report, plot_path(args.plot_file, args.output_file))
     return 0
 
 

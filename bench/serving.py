@@ -25,6 +25,12 @@ ratio overlap / no-overlap. Example (from the repo root; a few minutes on 2 core
 
     python bench/serving.py --launch --dataset-name sharegpt --sharegpt-output-len 64 \\
         --num-prompts 64 --num-threads 2 --output-file /tmp/serving_overlap.json
+
+``--max-concurrency 1,4,16,64`` (a comma-separated list) runs the workload once per level on
+each server: throughput against concurrency. Each run's JSON record holds its level
+(``max_concurrency``, null = unlimited) and the 0th..100th percentiles of TTFT, TPOT, ITL and E2E
+(``quantiles_ms``), from which ``--plot-file`` (default: ``--output-file`` with ``.png``; see
+``bench/plots.py``) draws output tok/s against concurrency and the TTFT and ITL CDFs.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from common import (
     environment,
     repo_path,
 )
+from plots import PLOT_HELP, plot_path, write_plot
 
 from radixlm_lang.backend.runtime_endpoint import free_port
 
@@ -453,6 +460,25 @@ async def get_json(target: Target, path: str) -> Any:
         return None
 
 
+async def flush_cache(target: Target, tries: int = 50) -> bool:
+    """``POST /flush_cache`` (retried while the server still finishes requests): so each level of
+    a concurrency sweep starts from an empty prefix cache. False if the server never flushed."""
+    for _ in range(tries):
+        try:
+            response = await http_request(
+                target.base_url + "/flush_cache", "POST", None, target.headers()
+            )
+            response.close()
+        except OSError:
+            return False
+        if response.status == 200:
+            return True
+        if response.status != 400:  # 400: requests still running; others: no such route
+            return False
+        await asyncio.sleep(0.1)
+    return False
+
+
 async def resolve_model(target: Target) -> str:
     """The first id of ``GET /v1/models``, else ``"default"``."""
     models = await get_json(target, "/v1/models")
@@ -570,6 +596,28 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def latency_samples(ok: list[RequestResult]) -> dict[str, list[float]]:
+    """TTFT, TPOT, ITL and E2E samples (seconds) of successful results."""
+    return {
+        "ttft": [r.ttft for r in ok],
+        "tpot": [
+            (r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if (r.output_tokens or 0) > 1
+        ],
+        "itl": [x for r in ok for x in r.itl],
+        "e2e": [r.latency for r in ok],
+    }
+
+
+def latency_quantiles(results: list[RequestResult]) -> dict[str, list[float] | None]:
+    """The 0th, 1st, ..., 100th percentile of each latency in ms (None without samples): a
+    compact form of its distribution, enough to redraw its CDF."""
+    out: dict[str, list[float] | None] = {}
+    for name, seconds in latency_samples([r for r in results if r.success]).items():
+        ms = [1000 * s for s in seconds]
+        out[name] = [round(percentile(ms, q), 3) for q in range(101)] if ms else None
+    return out
+
+
 def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
     """Aggregates over successful requests; latencies in ms (None when there is no sample)."""
     ok = [r for r in results if r.success]
@@ -591,15 +639,7 @@ def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
         "output_throughput": per_s(output_tokens),
         "total_token_throughput": per_s(input_tokens + output_tokens),
     }
-    samples = {
-        "ttft": [r.ttft for r in ok],
-        "tpot": [
-            (r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if (r.output_tokens or 0) > 1
-        ],
-        "itl": [x for r in ok for x in r.itl],
-        "e2e": [r.latency for r in ok],
-    }
-    for name, seconds in samples.items():
+    for name, seconds in latency_samples(ok).items():
         ms = [1000 * s for s in seconds]
         summary[f"mean_{name}_ms"] = statistics.fmean(ms) if ms else None
         summary[f"median_{name}_ms"] = percentile(ms, 50)
@@ -649,10 +689,11 @@ def print_summary(summary: dict[str, Any], title: str, server: dict[str, float])
     print("=" * width, flush=True)
 
 
-def print_comparison(runs: list[dict[str, Any]]) -> dict[str, float | None]:
-    """One row per launched server and the ratios overlap / no-overlap; returns the ratios."""
+def print_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run and, per concurrency level, the ratios overlap / no-overlap (returned)."""
+    several = len({r.get("max_concurrency") for r in runs}) > 1
     head = (
-        f"{'run':<11} {'req/s':>7} {'out tok/s':>9} {'TTFT ms':>8} {'TPOT ms':>8} {'ITL ms':>7} "
+        f"{'run':<15} {'req/s':>7} {'out tok/s':>9} {'TTFT ms':>8} {'TPOT ms':>8} {'ITL ms':>7} "
         f"{'p99 ITL':>8} {'E2E ms':>8} {'CPU-out-fwd ms/req':>18} {'fwd s':>7} {'failed':>6}"
     )
     print("\nOverlap scheduling on vs off (same workload; latencies are means)")
@@ -660,26 +701,38 @@ def print_comparison(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     print("-" * len(head))
     for run in runs:
         s, srv = run["summary"], run["server"]
+        name = run["label"] + (f" c{run.get('max_concurrency') or 'all'}" if several else "")
         print(
-            f"{run['label']:<11} {s['request_throughput']:>7.3f} {s['output_throughput']:>9.2f} "
+            f"{name:<15} {s['request_throughput']:>7.3f} {s['output_throughput']:>9.2f} "
             f"{_fmt(s['mean_ttft_ms'], '.1f'):>8} {_fmt(s['mean_tpot_ms'], '.1f'):>8} "
             f"{_fmt(s['mean_itl_ms'], '.1f'):>7} {_fmt(s['p99_itl_ms'], '.1f'):>8} "
             f"{_fmt(s['mean_e2e_ms'], '.0f'):>8} "
             f"{_fmt(srv.get('cpu_ms_outside_forward_per_request'), '.3f'):>18} "
             f"{_fmt(srv.get('forward_seconds'), '.2f'):>7} {s['failed']:>6}"
         )
-    on, off = (r["summary"] for r in runs)
-
-    def ratio(key: str) -> float | None:
-        return on[key] / off[key] if off[key] else None
-
-    ratios = {k: ratio(k) for k in ("output_throughput", "request_throughput")}
-    print(
-        f"ratio overlap / no-overlap: output tok/s {_fmt(ratios['output_throughput'], '.3f')}x, "
-        f"request throughput {_fmt(ratios['request_throughput'], '.3f')}x",
-        flush=True,
-    )
-    return ratios
+    out = []
+    for level in dict.fromkeys(r.get("max_concurrency") for r in runs):
+        on, off = (
+            next(
+                r["summary"]
+                for r in runs
+                if r["label"] == label and r.get("max_concurrency") == level
+            )
+            for label in ("overlap", "no-overlap")
+        )
+        ratios = {
+            k: on[k] / off[k] if off[k] else None
+            for k in ("output_throughput", "request_throughput")
+        }
+        at = f" at max concurrency {level or 'unlimited'}" if several else ""
+        print(
+            f"ratio overlap / no-overlap{at}: output tok/s "
+            f"{_fmt(ratios['output_throughput'], '.3f')}x, request throughput "
+            f"{_fmt(ratios['request_throughput'], '.3f')}x",
+            flush=True,
+        )
+        out.append({"max_concurrency": level, **ratios})
+    return out
 
 
 # ---- launching servers (--launch) -----------------------------------------------------------
@@ -801,11 +854,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--seed", type=int, default=0, help="datasets and arrival times")
     a = p.add_argument_group("load").add_argument
     a("--request-rate", type=float, default=math.inf, help="req/s, Poisson; inf: all at once")
-    a("--max-concurrency", type=int, default=None, help="most requests in flight")
+    a(
+        "--max-concurrency",
+        default=None,
+        help="most requests in flight; a comma-separated list (1,4,16) runs once per level",
+    )
     a("--warmup-requests", type=int, default=1, help="unmeasured, sequential, <= 16 tokens")
     a = p.add_argument_group("output").add_argument
     a("--output-file", default=None, help="write config + results here as JSON")
     a("--save-requests", action="store_true", help="include per-request results in the JSON")
+    a("--plot-file", default=None, help=PLOT_HELP)
     a = p.add_argument_group("--launch: compare overlap scheduling on/off").add_argument
     a("--launch", action="store_true", help="start the server twice (overlap on, off) and compare")
     a("--num-threads", type=int, default=os.cpu_count() or 1, help="server torch threads")
@@ -819,7 +877,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--server-timeout", type=float, default=600.0, help="seconds to wait for /health")
     a("--model-dir", default=None, help="default: bench/.cache/<shape key>; built if missing")
     args = p.parse_args(argv)
-    for name in ("num_prompts", "max_concurrency", "num_threads", "max_total_tokens"):
+    if args.max_concurrency is not None:
+        try:
+            args.max_concurrency = [int(c) for c in args.max_concurrency.split(",") if c.strip()]
+        except ValueError:
+            p.error(f"--max-concurrency {args.max_concurrency!r}: integers, comma-separated")
+        if not args.max_concurrency or min(args.max_concurrency) < 1:
+            p.error("--max-concurrency must be >= 1")
+    for name in ("num_prompts", "num_threads", "max_total_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.request_rate <= 0 or args.warmup_requests < 0 or not 0 < args.random_range_ratio <= 1:
@@ -864,19 +929,29 @@ def build_requests(args: argparse.Namespace, tokenizer: Any) -> list[SampleReque
 
 
 def benchmark_server(
-    args: argparse.Namespace, base_url: str, requests: list[SampleRequest], tokenizer: Any
+    args: argparse.Namespace,
+    base_url: str,
+    requests: list[SampleRequest],
+    tokenizer: Any,
+    max_concurrency: int | None = None,
+    flush: bool = False,
 ) -> tuple[Target, BenchmarkRun]:
+    """One measured run; ``flush``: empty the server's prefix cache first (sweeps: every level
+    starts alike)."""
     target = Target(base_url, args.backend, api_key=args.api_key, timeout=args.request_timeout)
     model = args.model or asyncio.run(resolve_model(target))
     target = replace(target, model=model)
-    print(f"benchmarking {base_url} ({args.backend}, model {model!r}) ...", flush=True)
+    level = f", max concurrency {max_concurrency}" if max_concurrency else ""
+    print(f"benchmarking {base_url} ({args.backend}, model {model!r}{level}) ...", flush=True)
+    if flush and not asyncio.run(flush_cache(target)):
+        print("note: the server did not flush its cache (POST /flush_cache)", flush=True)
     try:
         run = asyncio.run(
             run_benchmark(
                 target,
                 requests,
                 request_rate=args.request_rate,
-                max_concurrency=args.max_concurrency,
+                max_concurrency=max_concurrency,
                 warmup_requests=args.warmup_requests,
                 seed=args.seed,
                 tokenizer=tokenizer,
@@ -887,13 +962,17 @@ def benchmark_server(
     return target, run
 
 
-def _record(label: str, target: Target, run: BenchmarkRun, save_requests: bool) -> dict[str, Any]:
+def _record(
+    label: str, target: Target, run: BenchmarkRun, save_requests: bool, max_concurrency: int | None
+) -> dict[str, Any]:
     record = {
         "label": label,
+        "max_concurrency": max_concurrency,
         "base_url": target.base_url,
         "model": target.model,
         "summary": summarize(run.results, run.duration),
         "server": run.server,
+        "quantiles_ms": latency_quantiles(run.results),
     }
     if save_requests:
         record["requests"] = [asdict(r) for r in run.results]
@@ -920,18 +999,27 @@ def main(argv: list[str] | None = None) -> None:
         f"workload: {args.dataset_name}, {len(requests)} requests, {prompt_tokens} prompt tokens "
         f"(max {max(r.prompt_len for r in requests)}), {sum(r.output_len for r in requests)} "
         f"output tokens requested; rate {args.request_rate:g} req/s, "
-        f"max concurrency {args.max_concurrency or 'unlimited'}",
+        f"max concurrency {','.join(map(str, args.max_concurrency or ['unlimited']))}",
         flush=True,
     )
     report: dict[str, Any] = {
         "environment": env,
         "args": {**vars(args), "request_rate": str(args.request_rate)},
     }
+    levels: list[int | None] = args.max_concurrency or [None]
+
+    def at(level: int | None) -> str:
+        return f" (max concurrency {level})" if len(levels) > 1 else ""
+
     if not args.launch:
-        target, run = benchmark_server(args, args.base_url, requests, tokenizer)
-        record = _record("server", target, run, args.save_requests)
-        print_summary(record["summary"], "Serving Benchmark Result", run.server)
-        report["runs"] = [record]
+        report["runs"] = []
+        for level in levels:
+            target, run = benchmark_server(
+                args, args.base_url, requests, tokenizer, level, len(levels) > 1
+            )
+            record = _record("server", target, run, args.save_requests, level)
+            print_summary(record["summary"], f"Serving Benchmark Result{at(level)}", run.server)
+            report["runs"].append(record)
     else:
         model_dir = ensure_model(
             ModelShape(), tokenizer_dir, repo_path(args.model_dir) if args.model_dir else None
@@ -947,14 +1035,27 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{label}] starting: {shlex.join(cmd)}\n[{label}] log: {log}", flush=True)
             base_url = f"http://127.0.0.1:{port}"
             with launched_server(cmd, base_url, args.server_timeout, log):
-                target, run = benchmark_server(args, base_url, requests, tokenizer)
-            runs.append({**_record(label, target, run, args.save_requests), "server_command": cmd})
-            print_summary(runs[-1]["summary"], f"{label} ({args.backend})", run.server)
-        report.update(runs=runs, ratios_overlap_over_no_overlap=print_comparison(runs))
+                for level in levels:
+                    target, run = benchmark_server(
+                        args, base_url, requests, tokenizer, level, len(levels) > 1
+                    )
+                    record = _record(label, target, run, args.save_requests, level)
+                    runs.append({**record, "server_command": cmd})
+                    title = f"{label} ({args.backend}){at(level)}"
+                    print_summary(record["summary"], title, run.server)
+        ratios = print_comparison(runs)
+        # one level: {output_throughput, request_throughput}; a sweep: one such dict per level
+        report.update(
+            runs=runs,
+            ratios_overlap_over_no_overlap=ratios
+            if len(ratios) > 1
+            else {k: v for k, v in ratios[0].items() if k != "max_concurrency"},
+        )
         report["model"] = {"dir": str(model_dir), "max_total_tokens": max_total}
     if args.output_file:
         Path(args.output_file).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.output_file}")
+    write_plot("serving", report, plot_path(args.plot_file, args.output_file))
 
 
 if __name__ == "__main__":

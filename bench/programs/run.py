@@ -33,6 +33,9 @@ show that the programs ran end to end. With ``--repeats`` > 1 the median round i
 Default command (run from the repo root; ~4 min on a quiet 2-core machine):
 
     python bench/programs/run.py --json-out bench/results/programs_<date>.json
+
+With ``--json-out``, a plot beside it (``--plot-file``; ``bench/plots.py``): programs/s per program
+and system (every round a dot) and the server's prefix-cache hit rate.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from common import (  # noqa: E402
     print_header,
     repo_path,
 )
+from plots import PLOT_HELP, plot_path, write_plot  # noqa: E402
 
 PROGRAMS = {
     "mmlu": mmlu,
@@ -279,6 +283,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json-doc-tokens", type=int, default=128)
     p.add_argument("--json-max-tokens", type=int, default=96)
     p.add_argument("--json-out", default=None, help="write every number here as JSON")
+    p.add_argument("--plot-file", default=None, help=PLOT_HELP)
     args = p.parse_args()
     check_args(p, args, {"programs": tuple(PROGRAMS), "systems": tuple(SYSTEMS)}, POSITIVE)
     for name in ("mmlu_dir", "hellaswag", "gsm8k", "mt_bench", "sharegpt", "tokenizer"):
@@ -356,16 +361,17 @@ def main() -> None:
                 r["same_as_off"] = sum(a == b for a, b in zip(texts[s], texts["off"]))
     print_table(results)
 
+    report = {
+        "environment": env,
+        "args": vars(args),
+        "model": {"dir": str(model_dir), **meta},
+        "programs": {w.name: w.description for w in workloads},
+        "results": results,
+    }
     if args.json_out:
-        report = {
-            "environment": env,
-            "args": vars(args),
-            "model": {"dir": str(model_dir), **meta},
-            "programs": {w.name: w.description for w in workloads},
-            "results": results,
-        }
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json_out}")
+    write_plot("programs", report, plot_path(args.plot_file, args.json_out))
     if any(r["errors"] for runs in results.values() for r in runs.values()):
         sys.exit("error: some programs failed (see 'errors' above)")
 
