@@ -3,8 +3,8 @@
 The sources are compiled once per machine with ``torch.utils.cpp_extension`` (ninja, g++ with
 OpenMP and ``-march=native``) into torch's extension cache (``$TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``); later loads reuse the build unless a source changed. The build
-is named by a hash of the sources and flags (``radixlm_cpu_<hash>``), so checkouts or versions
-with different kernels never rebuild over each other, and identical ones share one build.
+is named by a hash of the source path, the sources and the flags (``radixlm_cpu_<hash>``), so
+checkouts and versions never rebuild over each other: each builds once.
 Concurrent loads (test workers, server processes) wait on torch's build lock instead of
 building twice.
 
@@ -47,8 +47,11 @@ def source_dir() -> Path:
 
 
 def build_name(src: Path) -> str:
-    """``radixlm_cpu_<12 hex>``: a digest of every source, header and compiler flag."""
-    digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    """``radixlm_cpu_<12 hex>``: a digest of the source directory's path, every source and
+    header, and the compiler flags. NOTE: the path is part of it because torch's builder
+    rebuilds a build whose sources moved, so two checkouts sharing one name would rebuild
+    over each other on every alternate load."""
+    digest = hashlib.sha256(" ".join(CFLAGS).encode() + b"\0" + str(src.resolve()).encode())
     for path in sorted(src.glob("*.[ch]*")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return f"radixlm_cpu_{digest.hexdigest()[:12]}"
