@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -138,7 +139,9 @@ async def _handle(
         headers = {}
         if call.ignored:
             logger.info("%s: ignored field(s) %s", request.url.path, call.ignored)
-            headers[IGNORED_FIELDS_HEADER] = ", ".join(call.ignored)
+            # percent-encoded: a field name may hold any character, a header only ASCII
+            # without control characters or edge spaces
+            headers[IGNORED_FIELDS_HEADER] = ", ".join(quote(k, safe="") for k in call.ignored)
         it = backend.generate(call.native, tenant_of(request.scope))
         # The first item is awaited here so a bad request is an HTTP error, not a stream event.
         first = await next_unless_disconnected(request, it)

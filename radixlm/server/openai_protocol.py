@@ -277,6 +277,13 @@ def _echo_texts(key: str, prompt: Any, tokenizer: Any | None) -> list[str]:
     if tokenizer is None:
         raise OpenAIRequestError("echo of token id prompts needs a tokenizer", "echo")
     lists = [prompt] if _is_id(prompt[0]) else prompt
+    vocab = len(tokenizer)
+    for ids in lists:  # decoded here, before the engine checks them: check them first
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise OpenAIRequestError(
+                f"prompt token id {bad} is outside the vocabulary [0, {vocab})", "prompt"
+            )
     return [tokenizer.decode(ids, skip_special_tokens=False) for ids in lists]
 
 

@@ -265,6 +265,8 @@ class TokenizerManager:
 
     def check_model(self, model: Any) -> None:
         """An OpenAI ``model`` this server does not serve is a 404 naming the served ones."""
+        if model is not None and not isinstance(model, str):
+            raise RequestError(f"model must be a string, got {type(model).__name__}")
         if model is not None and model not in self.accepted_models:
             raise ModelNotFound(model, self.model_names)
 

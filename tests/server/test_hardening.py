@@ -311,3 +311,26 @@ def test_ignored_openai_fields_are_reported(server, stream):
                 assert resp.status == 200
                 assert resp.headers.get("X-Ignored-Fields") == header, (path, fields)
                 resp.read()
+
+
+def test_fuzz_found_5xx_are_4xx_now(server):
+    """Found by the OpenAPI fuzz: an echo of out-of-vocabulary token ids, a non-string model,
+    and ignored field names that cannot go into a header as they are."""
+    status, out = _post_raw(server, "/v1/completions", json.dumps(
+        {"prompt": [99999999999999], "echo": True, "max_tokens": 1}).encode())  # fmt: skip
+    assert status == 400 and "outside the vocabulary" in _message(out), out
+    assert out["error"]["param"] == "prompt"
+    for model in ([], {}):
+        body = {"prompt": "hi", "max_tokens": 1, "model": model}
+        status, out = _post_raw(server, "/v1/completions", json.dumps(body).encode())
+        assert status == 400 and "model must be a string" in _message(out), out
+    for name, shown in (("€", "%E2%82%AC"), ("a\r\nX-Evil: 1", "a%0D%0AX-Evil%3A%201"),
+                        ("a ", "a%20")):  # fmt: skip
+        body = {"prompt": "hi", "max_tokens": 1, name: 1}
+        req = urllib.request.Request(server.url + "/v1/completions",
+                                     data=json.dumps(body).encode(), method="POST")  # fmt: skip
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200 and resp.headers["X-Ignored-Fields"] == shown
+            assert resp.headers.get("X-Evil") is None
+    _still_serves(server)
