@@ -162,6 +162,9 @@ def _int(v: dict, name: str, default: int, lo: int | None = None) -> int:
     return x
 
 
+FLOAT32_SAFE = (1e-30, 1e30)  # magnitudes a sampling value may have (or 0)
+
+
 def _float(
     v: dict,
     name: str,
@@ -175,6 +178,12 @@ def _float(
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
         raise RequestError(f"{name} must be a finite number, got {x!r}")
     x = float(x)
+    if x != 0 and not FLOAT32_SAFE[0] <= abs(x) <= FLOAT32_SAFE[1]:
+        # The sampler works on float32 logits: such a value overflows them to inf / NaN.
+        raise RequestError(
+            f"{name}={x!r} is outside what float32 logits can take (|{name}| in "
+            f"[{FLOAT32_SAFE[0]:g}, {FLOAT32_SAFE[1]:g}], or 0)"
+        )
     bad_lo = lo is not None and (x <= lo if lo_open else x < lo)
     bad_hi = hi is not None and x > hi
     if bad_lo or bad_hi:
