@@ -64,21 +64,31 @@ class SamplingParams:
         return sorted([f.name for f in fields(cls)] + list(_UNSUPPORTED))
 
     @classmethod
+    def refused_keys(cls) -> dict[str, str]:
+        """SGLang ``SamplingParams`` fields that are refused whatever the value, and why."""
+        return dict(_REFUSED)
+
+    @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, vocab_size: int | None = None) -> SamplingParams:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
             raise RequestError(f"sampling_params must be an object/dict, got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in raw if k not in known and k not in _UNSUPPORTED)
+        unknown = sorted(
+            k for k in raw if k not in known and k not in _UNSUPPORTED and k not in _REFUSED
+        )
         if unknown:
             raise RequestError(
                 f"unknown sampling parameter(s) {unknown}; valid keys: {', '.join(cls.valid_keys())}"
             )
+        for key in sorted(raw.keys() & _REFUSED.keys()):
+            raise RequestError(f"sampling parameter {key!r} is not accepted: {_REFUSED[key]}")
         for key in _UNSUPPORTED:
-            if raw.get(key) not in (None, "", []):
+            if raw.get(key) not in (None, "", [], {}):
                 raise RequestError(
-                    f"sampling parameter {key!r} is not supported by this server yet"
+                    f"sampling parameter {key!r} is not supported by this server yet (only "
+                    "null or empty is accepted)"
                 )
         v = {k: val for k, val in raw.items() if k in known and val is not None}
         out: dict[str, Any] = {}
@@ -128,9 +138,23 @@ class SamplingParams:
         return self.regex is not None or self.json_schema is not None or self.ebnf is not None
 
 
-# Keys of the SGLang API that belong to features not built yet: accepted as null, rejected
-# with a clear message otherwise (never silently ignored).
-_UNSUPPORTED = ("structural_tag", "stop_regex", "custom_params")
+# SGLang's SamplingParams (release radixlm.server.native_request.SGLANG_VERSION) field by field:
+# the dataclass fields above are honoured; these belong to features not built yet: accepted as
+# null or empty (their default), rejected with a clear message otherwise (never silently
+# ignored).
+_UNSUPPORTED = ("structural_tag", "stop_regex", "custom_params", "beam_width", "watermark")
+# SGLang-internal state, never a request parameter: refused whatever the value.
+_REFUSED = dict.fromkeys(
+    (
+        "stop_strs",
+        "stop_regex_strs",
+        "stop_str_max_len",
+        "stop_regex_max_len",
+        "is_normalized",
+        "ebnf_full_assistant",
+    ),
+    "it is SGLang-internal state (filled in by its normalize()), not a request parameter",
+)
 
 
 def _constraint(v: dict) -> dict[str, Any]:

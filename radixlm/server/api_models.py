@@ -22,9 +22,11 @@ context) are stated in the descriptions only.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic.json_schema import WithJsonSchema
 
 from radixlm.server.api_responses import (  # noqa: F401  (re-exported: the response contract)
     ChatCompletionChunk,
@@ -36,6 +38,7 @@ from radixlm.server.api_responses import (  # noqa: F401  (re-exported: the resp
     GenerateResponse,
     OpenAIErrorResponse,
 )
+from radixlm.server.native_request import DEFAULT_ONLY, at_default
 
 # ---- field types -------------------------------------------------------------------------
 
@@ -73,6 +76,11 @@ NullOnly = Annotated[
     EmptyList | EmptyObject | None, Field(description="not supported: only null or empty")
 ]
 EmptyStr = Annotated[str, Field(max_length=0)]
+# SGLang sampling parameters of features not built: only null or empty
+Unbuilt = Annotated[
+    EmptyStr | EmptyList | EmptyObject | None,
+    Field(description="not supported: only null or empty"),
+]
 Stop = NonEmptyStr | list[NonEmptyStr]
 StopTokenIds = TokenId | list[TokenId]
 # token id (decimal; the parser also tolerates surrounding whitespace) -> bias
@@ -144,9 +152,11 @@ class SamplingParams(_Request):
         None, description="constrain the output to this JSON schema (an object or JSON text)"
     )
     ebnf: str | None = Field(None, description="constrain the output to this grammar")
-    structural_tag: EmptyStr | EmptyList | None = Field(None, description="not supported")
-    stop_regex: EmptyStr | EmptyList | None = Field(None, description="not supported")
-    custom_params: EmptyStr | EmptyList | None = Field(None, description="not supported")
+    structural_tag: Unbuilt = None
+    stop_regex: Unbuilt = None
+    custom_params: Unbuilt = None
+    beam_width: Unbuilt = None
+    watermark: Unbuilt = None
 
 
 # one value for every prompt, or a list with one (nullable) value per prompt
@@ -158,7 +168,7 @@ PerPromptTop = TopLogprobsNum | Annotated[list[TopLogprobsNum | None], Field(min
 PerPromptStr = str | Annotated[list[str | None], Field(min_length=1)]
 
 
-class GenerateRequest(_Request):
+class _GenerateHonoured(_Request):
     """SGLang-native ``/generate``: exactly one of ``text`` and ``input_ids``. One prompt
     answers an object; a list of prompts, or ``n > 1``, a list. Unknown fields are a 400."""
 
@@ -188,23 +198,37 @@ class GenerateRequest(_Request):
     require_reasoning: bool | None = Field(
         False, description="with --reasoning-parser: the constraint starts after the reasoning"
     )
-    input_embeds: NullOnly = None
-    image_data: NullOnly = None
-    video_data: NullOnly = None
-    audio_data: NullOnly = None
-    lora_path: NullOnly = None
-    session_params: NullOnly = None
-    custom_logit_processor: NullOnly = None
-    return_hidden_states: NullOnly = None
-    token_ids_logprob: NullOnly = None
-    priority: NullOnly = None
-    data_parallel_rank: NullOnly = None
-    bootstrap_host: NullOnly = None
-    bootstrap_port: NullOnly = None
-    bootstrap_room: NullOnly = None
-    log_metrics: NullOnly = None
-    modalities: NullOnly = None
-    stream_output: NullOnly = None
+    model: str | None = Field(
+        None, description="as sglang-router passes the client's through: a string"
+    )
+
+
+def _at_default(default: Any) -> Any:
+    """A field of SGLang's schema that is not built here: only its default (what
+    ``native_request.at_default`` accepts) is valid."""
+
+    def check(value: Any) -> Any:
+        if not at_default(value, default):
+            raise ValueError(f"not supported: only the default, {json.dumps(default)}")
+        return value
+
+    if default is None:
+        schema = {"anyOf": [{"type": "null"}, {"const": ""}, {"type": "object", "maxProperties": 0},
+                            {"type": "array", "items": {"type": "null"}}]}  # fmt: skip
+    else:
+        one = {"anyOf": [{"type": "null"}, {"const": default}]}
+        schema = {"anyOf": [*one["anyOf"], {"type": "array", "items": one}]}
+    note = f"SGLang's; not supported here: only its default ({json.dumps(default)}) is accepted"
+    return Annotated[Any, AfterValidator(check), WithJsonSchema({**schema, "description": note})]
+
+
+GenerateRequest = create_model(
+    "GenerateRequest",
+    __base__=_GenerateHonoured,
+    __module__=__name__,
+    __doc__=_GenerateHonoured.__doc__,
+    **{name: (_at_default(default), None) for name, default in sorted(DEFAULT_ONLY.items())},
+)
 
 
 # ---- OpenAI requests ---------------------------------------------------------------------

@@ -30,6 +30,7 @@ from radixlm.function_call.literals import token_literal
 from radixlm.function_call.tools import ToolRequest, ToolSpecError, parse_tool_request
 from radixlm.reasoning import ReasoningFormat, prompt_phase
 from radixlm.server.chat_template import render_chat, split_stops
+from radixlm.server.native_request import at_default
 from radixlm.server.request_body import parse_json_bytes
 
 MAX_TOP_LOGPROBS = 20
@@ -53,6 +54,43 @@ CHAT_FIELDS = _COMMON_FIELDS | frozenset(
     "parallel_tool_calls functions function_call chat_template_kwargs continue_final_message "
     "separate_reasoning".split()
 )
+
+# SGLang's extensions of the OpenAI requests (release native_request.SGLANG_VERSION) that are
+# not built here: accepted at their default value (as on /generate: native_request.at_default),
+# a 400 naming the field otherwise. Name -> SGLang's default.
+SGLANG_COMPLETION_DEFAULT_ONLY: dict[str, Any] = {
+    **dict.fromkeys(
+        "bootstrap_host bootstrap_port bootstrap_room routed_dp_rank disagg_prefill_dp_rank "
+        "stop_regex lora_path session_id session_params response_format custom_params "
+        "custom_logit_processor watermark images_config mm_processor_kwargs data_parallel_rank "
+        "priority custom_labels".split()
+    ),
+    **dict.fromkeys(
+        "return_hidden_states return_routed_experts return_cached_tokens_details "
+        "return_spec_tokens_details return_token_ids".split(),
+        False,
+    ),
+    "routed_experts_start_len": 0,
+}
+SGLANG_CHAT_DEFAULT_ONLY: dict[str, Any] = {
+    **{
+        k: v
+        for k, v in SGLANG_COMPLETION_DEFAULT_ONLY.items()
+        if k not in ("response_format", "custom_labels")
+    },
+    **dict.fromkeys(
+        "sampling_logprobs_mode thinking task max_dynamic_patch min_dynamic_patch video_config "
+        "input_ids".split()
+    ),
+    **dict.fromkeys(
+        "return_prompt_token_ids return_meta_info return_input_ids_in_sglext "
+        "return_output_ids_in_sglext return_sampling_mask return_flat_raw_output_top_logprobs "
+        "use_audio_in_video".split(),
+        False,
+    ),
+    "return_flat_raw_top_logprobs_b64": True,
+    "stream_reasoning": True,
+}
 
 INTERNAL_ERROR = "internal server error; the server log has the details"
 
@@ -225,6 +263,17 @@ def _common(
     return call
 
 
+def _check_sglang_extensions(body: dict, table: dict[str, Any]) -> None:
+    """SGLang's extension fields that are not built here: a 400 unless at their default."""
+    for key in sorted(body.keys() & table.keys()):
+        if not at_default(body[key], table[key]):
+            raise OpenAIRequestError(
+                f"{key} is not supported by this server (an SGLang extension; only its "
+                f"default, {json.dumps(table[key])}, is accepted)",
+                key,
+            )
+
+
 # ---- /v1/completions ---------------------------------------------------------------------
 def parse_completion_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     """Validate a ``/v1/completions`` body; see the module docstring for the mapping."""
@@ -239,8 +288,11 @@ def parse_completion_request(body: dict[str, Any], backend: Any) -> OpenAICall:
         max_tokens = COMPLETION_DEFAULT_MAX_TOKENS
     sp = _sampling(body, max_tokens, backend.context_length)
     logprobs = _int(body, "logprobs", lo=0, hi=MAX_TOP_LOGPROBS)
+    _check_sglang_extensions(body, SGLANG_COMPLETION_DEFAULT_ONLY)
     call = _common(body, backend, "completion", sp, logprobs, num_prompts)
-    call.ignored = sorted(k for k in body if k not in COMPLETION_FIELDS)
+    call.ignored = sorted(
+        k for k in body if k not in COMPLETION_FIELDS and k not in SGLANG_COMPLETION_DEFAULT_ONLY
+    )
     call.native[key] = prompt
     if _bool(body, "echo"):
         call.echo_texts = _echo_texts(key, prompt, backend.tokenizer)
@@ -330,8 +382,11 @@ def parse_chat_request(body: dict[str, Any], backend: Any) -> OpenAICall:
     want_logprobs = _bool(body, "logprobs")
     if top and not want_logprobs:
         raise OpenAIRequestError("top_logprobs needs logprobs: true", "top_logprobs")
+    _check_sglang_extensions(body, SGLANG_CHAT_DEFAULT_ONLY)
     call = _common(body, backend, "chat", sp, (top or 0) if want_logprobs else None, 1)
-    call.ignored = sorted(k for k in body if k not in CHAT_FIELDS)
+    call.ignored = sorted(
+        k for k in body if k not in CHAT_FIELDS and k not in SGLANG_CHAT_DEFAULT_ONLY
+    )
     call.native["input_ids"] = ids
     if fmt is not None:
         call.tools, call.tool_format = tools, fmt
