@@ -334,3 +334,10 @@ def test_fuzz_found_5xx_are_4xx_now(server):
             assert resp.status == 200 and resp.headers["X-Ignored-Fields"] == shown
             assert resp.headers.get("X-Evil") is None
     _still_serves(server)
+
+
+def test_sampling_values_that_overflow_float32_logits_are_400(server):
+    for sp in ({"regex": "ii", "repetition_penalty": 1e-40}, {"regex": "0", "temperature": 1e300}):
+        body = {"text": "i", "sampling_params": {"max_new_tokens": 4, **sp}}
+        status, out = _post_raw(server, "/generate", json.dumps(body).encode())
+        assert status == 400 and "float32 logits" in _message(out), out
