@@ -239,3 +239,17 @@ def environment(threads: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": threads,
     }
+
+
+class Tee:
+    """Write to the terminal and keep a copy for the text report."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.parts = stream, []
+
+    def write(self, s: str) -> int:
+        self.parts.append(s)
+        return self.stream.write(s)
+
+    def flush(self) -> None:
+        self.stream.flush()

@@ -57,7 +57,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import MB, REPO_ROOT, environment, print_header
+from common import MB, REPO_ROOT, Tee, environment, print_header
 from serving import (
     HttpResponse,
     error_message,
@@ -475,18 +475,6 @@ def launched(cmd: list[str], port: int, timeout: float, log: Path) -> Iterator[s
 
 
 # ---- report ---------------------------------------------------------------------------------
-class Tee:
-    """Write to the terminal and keep a copy for the text report."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.parts = stream, []
-
-    def write(self, s: str) -> int:
-        self.parts.append(s)
-        return self.stream.write(s)
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 def _ms(values: list[float], q: float) -> float | None:

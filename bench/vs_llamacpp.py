@@ -87,6 +87,7 @@ from common import (
     DEFAULT_TOKENIZER,
     MB,
     ModelShape,
+    Tee,
     check_args,
     ensure_model,
     environment,
@@ -311,18 +312,6 @@ def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
 
 
 # ---- reporting ------------------------------------------------------------------------------
-class Tee:
-    """Write to the terminal and keep a copy for the text report."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.parts = stream, []
-
-    def write(self, s: str) -> int:
-        self.parts.append(s)
-        return self.stream.write(s)
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 def _f(value: float | None, spec: str) -> str:
