@@ -94,14 +94,8 @@ class Server:
         req = urllib.request.Request(
             self.url + "/generate", data=json.dumps({**body, "stream": True}).encode()
         )
-        events = []
         with urllib.request.urlopen(req, timeout=120) as resp:
-            for line in resp:
-                line = line.decode().strip()
-                if line.startswith("data: "):
-                    payload = line[len("data: ") :]
-                    events.append(payload if payload == "[DONE]" else json.loads(payload))
-        return events
+            return read_sse(resp)
 
     def scheduler_stats(self) -> dict:
         return self.get("/get_server_info")[1]["scheduler"]
@@ -144,6 +138,20 @@ class Server:
                 self.proc.wait(5)
         self.log.close()
         return self.proc.returncode
+
+
+def read_sse(resp: Any, on_event: Any = None) -> list[Any]:
+    """The ``data:`` payloads of an SSE response (JSON, or the string '[DONE]');
+    ``on_event()`` is called after each."""
+    events: list[Any] = []
+    for line in resp:
+        line = line.decode().strip()
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+            if on_event is not None:
+                on_event()
+    return events
 
 
 def raw_post(port: int, path: str, body: dict, headers: dict | None = None) -> socket.socket:

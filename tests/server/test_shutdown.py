@@ -18,6 +18,8 @@ import urllib.request
 
 import pytest
 
+from tests.server.conftest import read_sse
+
 LONG = {"max_new_tokens": 480, "ignore_eos": True, "temperature": 0}
 NUM_STREAMS = 8
 NUM_PLAIN = 4
@@ -28,18 +30,11 @@ def _stream(url: str, first: threading.Event) -> list | tuple[int, dict]:
     (status, body) when it is refused before its stream starts."""
     body = {"text": "Once upon a time", "sampling_params": LONG, "stream": True}
     req = urllib.request.Request(url + "/generate", data=json.dumps(body).encode())
-    events: list = []
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
-            for line in resp:
-                line = line.decode().strip()
-                if line.startswith("data: "):
-                    payload = line[len("data: ") :]
-                    events.append(payload if payload == "[DONE]" else json.loads(payload))
-                    first.set()
+            return read_sse(resp, first.set)
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-    return events
 
 
 def _completion(url: str) -> tuple[int, dict]:
