@@ -128,13 +128,18 @@ class TokenizerManager:
         self.reasoning = reasoning
         self.context_length = ready.context_length
         self.vocab_size = ready.vocab_size
-        self._limits = NativeLimits.for_server(
-            tokenizer, self.vocab_size, self.context_length, engine_config.max_n, reasoning
-        )
         self.model_names = server_config.model_names(engine_config.model_path)
         self.served_model_name = self.model_names[0]
         # What the OpenAI routes accept as "model" (anything else is a 404).
         self.accepted_models = frozenset([*self.model_names, engine_config.model_path, "default"])
+        self._limits = NativeLimits.for_server(
+            tokenizer,
+            self.vocab_size,
+            self.context_length,
+            engine_config.max_n,
+            reasoning,
+            self.accepted_models,  # /generate's "model" (sglang-router forwards it)
+        )
         self.states: dict[str, ReqState] = {}  # by the scheduler-side (unique) request id
         self._seq = 0  # makes scheduler-side request ids unique
         self.draining = False

@@ -392,3 +392,11 @@ def test_bench_serving_oai_chat(server, stream):
     assert events[-1] == "[DONE]"
     deltas = [e["choices"][0]["delta"] for e in events[:-1] if e["choices"]]
     assert "".join(d.get("content") or "" for d in deltas)
+
+
+def test_router_model_must_be_served(server):
+    status, out = server.post("/generate", router_generate(False, "no-such-model"))
+    assert status == 404 and "'no-such-model' does not exist" in out["error"]["message"], out
+    for name in (_served(server), "default"):
+        status, out = server.post("/generate", router_generate(False, name))
+        assert status == 200, out
