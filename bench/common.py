@@ -253,3 +253,14 @@ class Tee:
 
     def flush(self) -> None:
         self.stream.flush()
+
+
+def progress(total: int, desc: str) -> Any:
+    """A tqdm bar on stderr for a long benchmark loop. Shown on a terminal only, so logs and
+    the committed text results stay as they are; ``update(n)`` and ``close()`` as tqdm's."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty(),
+        leave=False, mininterval=1.0,
+    )  # fmt: skip

@@ -61,6 +61,7 @@ from common import (
     in_subprocess,
     load_prompts,
     print_header,
+    progress,
     repo_path,
     worker_setup,
 )
@@ -187,12 +188,15 @@ def run_workloads(
     """Time every workload ``repeats`` times (each from an empty cache); keep the median run
     (by wall time) and record every run's wall time under ``walls_s``."""
     results = {}
+    bar = progress(len(workloads) * repeats, "workload runs")
     for w in workloads:
-        runs = sorted(
-            (_time_workload(gen, w, prepare, counters) for _ in range(repeats)),
-            key=lambda r: r["wall_s"],
-        )
+        runs = []
+        for _ in range(repeats):
+            runs.append(_time_workload(gen, w, prepare, counters))
+            bar.update(1)
+        runs.sort(key=lambda r: r["wall_s"])
         results[w.name] = {**runs[len(runs) // 2], "walls_s": [r["wall_s"] for r in runs]}
+    bar.close()
     return results
 
 

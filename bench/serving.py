@@ -63,6 +63,7 @@ from common import (
     ModelShape,
     ensure_model,
     environment,
+    progress,
     repo_path,
 )
 from plots import PLOT_HELP, plot_path, write_plot
@@ -561,11 +562,16 @@ async def run_benchmark(
     before = await internal_states(target)
     semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
+    bar = progress(len(requests), f"{target.backend} requests")
+
     async def limited(sample: SampleRequest) -> RequestResult:
-        if semaphore is None:
-            return await send_request(target, sample)
-        async with semaphore:
-            return await send_request(target, sample)
+        try:
+            if semaphore is None:
+                return await send_request(target, sample)
+            async with semaphore:
+                return await send_request(target, sample)
+        finally:
+            bar.update(1)
 
     tasks = []
     start = time.perf_counter()
@@ -578,6 +584,7 @@ async def run_benchmark(
         tasks.append(asyncio.create_task(limited(sample)))
     results = list(await asyncio.gather(*tasks))
     duration = time.perf_counter() - start
+    bar.close()
     after = await internal_states(target)
     if tokenizer is not None:
         for r in results:

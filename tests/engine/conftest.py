@@ -7,12 +7,17 @@ import torch
 
 import radixlm
 
+COMPILE_TIMEOUT = 600.0
+
 
 @pytest.fixture
 def make_engine():
     engines: list[radixlm.Engine] = []
 
     def factory(model_path: str | None = None, **options) -> radixlm.Engine:
+        # A generous compile timeout: a grammar compile on a loaded CI machine must not fail a
+        # test that is not about timeouts (those pass their own).
+        options.setdefault("grammar_compile_timeout", COMPILE_TIMEOUT)
         e = radixlm.Engine(model_path, **options)
         engines.append(e)
         return e

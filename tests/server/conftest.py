@@ -31,6 +31,8 @@ class Server:
         self.log_path = log_path
         cmd = [sys.executable, "-m", "radixlm.launch_server", "--port", str(self.port)]
         cmd += ["--num-threads", "1", "--max-total-tokens", "20000", *args]
+        if "--grammar-compile-timeout" not in args:  # a loaded CI machine compiles slowly
+            cmd += ["--grammar-compile-timeout", "600"]
         self.log = open(log_path, "w")
         # new_session: its own process group, for tests that signal the whole group
         self.proc = subprocess.Popen(
