@@ -30,7 +30,7 @@ from radixlm.server.http_util import (
     sse,
 )
 from radixlm.server.openai_api import create_openai_router
-from radixlm.server.openai_protocol import INTERNAL_ERROR
+from radixlm.server.openai_errors import INTERNAL_ERROR
 from radixlm.server.request_body import BodyLimitMiddleware, parse_json_bytes
 from radixlm.server.tokenizer_manager import TokenizerManager
 

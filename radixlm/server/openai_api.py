@@ -35,12 +35,11 @@ from radixlm.server.http_util import (
     next_unless_disconnected,
     sse,
 )
+from radixlm.server.openai_errors import error_body, parse_json_body
 from radixlm.server.openai_protocol import (
     OpenAICall,
-    error_body,
     parse_chat_request,
     parse_completion_request,
-    parse_json_body,
 )
 from radixlm.server.openai_results import StreamState, build_response
 

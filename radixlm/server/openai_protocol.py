@@ -1,5 +1,6 @@
 """OpenAI protocol requests: request bodies → native ``/generate`` calls (parsing, validation
-and the field mapping), plus the OpenAI error body for any exception.
+and the field mapping). The fields each route reads are in ``openai_fields``; the error body
+of any exception in ``openai_errors``.
 
 Pure functions; no I/O (``openai_api`` does the HTTP; ``openai_results`` builds the responses
 from the native results).
@@ -7,8 +8,11 @@ from the native results).
 Requests are validated here, with messages naming the OpenAI field (``param``). Fields whose
 OpenAI name equals the native sampling name (``temperature``, ``top_p``, ``stop``, penalties,
 ``logit_bias``, SGLang extras such as ``top_k``) are passed through and range-checked by the
-engine, which names them the same way. Unknown fields are ignored (OpenAI clients send many:
-``user``, ``metadata``, ``store``, ...), and so is ``model``: responses name the served model.
+engine, which names them the same way. Other OpenAI fields are ignored (clients send many:
+``user``, ``metadata``, ``store``, ...) but never silently: they are logged and named in the
+response header ``X-Ignored-Fields`` (``OpenAICall.ignored``); SGLang's own extensions are
+accepted at their default only. ``model`` must be a name the server serves (else a 404
+``model_not_found``); responses name the served model.
 ``cache_salt`` and ``extra_key`` put the request in a prefix-cache namespace, as on ``/generate``.
 ``max_tokens`` absent means 16 for completions and "until the context ends" for chat; ``null``
 means until the context ends (``max_new_tokens = context_length``, capped per prompt by the
@@ -18,89 +22,30 @@ engine).
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixlm.errors import RadixLMError, RequestError
+from radixlm.errors import RequestError
 from radixlm.function_call.formats import ToolCallFormat, trigger_is_special
 from radixlm.function_call.literals import token_literal
 from radixlm.function_call.tools import ToolRequest, ToolSpecError, parse_tool_request
 from radixlm.reasoning import ReasoningFormat, prompt_phase
 from radixlm.server.chat_template import render_chat, split_stops
 from radixlm.server.native_request import at_default
-from radixlm.server.request_body import parse_json_bytes
+from radixlm.server.openai_errors import OpenAIRequestError
+from radixlm.server.openai_fields import (
+    CHAT_FIELDS,
+    COMPLETION_FIELDS,
+    SAME_NAME,
+    SGLANG_CHAT_DEFAULT_ONLY,
+    SGLANG_COMPLETION_DEFAULT_ONLY,
+    SGLANG_EXTRAS,
+)
 
 MAX_TOP_LOGPROBS = 20
 COMPLETION_DEFAULT_MAX_TOKENS = 16
-# Native sampling keys accepted under the same name (validated by the engine).
-_SAME_NAME = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias")
-_SGLANG_EXTRAS = tuple(
-    "top_k min_p repetition_penalty stop_token_ids no_stop_trim ignore_eos skip_special_tokens "
-    "spaces_between_special_tokens regex json_schema ebnf".split()
-)
-
-
-# The fields each route reads (honours); anything else in a body is reported as ignored.
-_COMMON_FIELDS = frozenset(
-    "model n stream stream_options rid cache_salt extra_key seed stop max_tokens min_tokens".split()
-    + list(_SAME_NAME + _SGLANG_EXTRAS)
-)
-COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "suffix", "best_of", "echo", "logprobs"}
-CHAT_FIELDS = _COMMON_FIELDS | frozenset(
-    "messages max_completion_tokens response_format logprobs top_logprobs tools tool_choice "
-    "parallel_tool_calls functions function_call chat_template_kwargs continue_final_message "
-    "separate_reasoning".split()
-)
-
-# SGLang's extensions of the OpenAI requests (release native_request.SGLANG_VERSION) that are
-# not built here: accepted at their default value (as on /generate: native_request.at_default),
-# a 400 naming the field otherwise. Name -> SGLang's default.
-SGLANG_COMPLETION_DEFAULT_ONLY: dict[str, Any] = {
-    **dict.fromkeys(
-        "bootstrap_host bootstrap_port bootstrap_room routed_dp_rank disagg_prefill_dp_rank "
-        "stop_regex lora_path session_id session_params response_format custom_params "
-        "custom_logit_processor watermark images_config mm_processor_kwargs data_parallel_rank "
-        "priority custom_labels".split()
-    ),
-    **dict.fromkeys(
-        "return_hidden_states return_routed_experts return_cached_tokens_details "
-        "return_spec_tokens_details return_token_ids".split(),
-        False,
-    ),
-    "routed_experts_start_len": 0,
-}
-SGLANG_CHAT_DEFAULT_ONLY: dict[str, Any] = {
-    **{
-        k: v
-        for k, v in SGLANG_COMPLETION_DEFAULT_ONLY.items()
-        if k not in ("response_format", "custom_labels")
-    },
-    **dict.fromkeys(
-        "sampling_logprobs_mode thinking task max_dynamic_patch min_dynamic_patch video_config "
-        "input_ids".split()
-    ),
-    **dict.fromkeys(
-        "return_prompt_token_ids return_meta_info return_input_ids_in_sglext "
-        "return_output_ids_in_sglext return_sampling_mask return_flat_raw_output_top_logprobs "
-        "use_audio_in_video".split(),
-        False,
-    ),
-    "return_flat_raw_top_logprobs_b64": True,
-    "stream_reasoning": True,
-}
-
-INTERNAL_ERROR = "internal server error; the server log has the details"
-
-
-class OpenAIRequestError(RequestError):
-    """A 400 whose OpenAI error body names the offending field in ``param``."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass
@@ -133,48 +78,6 @@ class OpenAICall:
         return "text_completion" if self.kind == "completion" else "chat.completion"
 
 
-def error_body(e: Exception) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, ``{"error": {message, type, param, code}}``) for any exception."""
-    status = e.http_status if isinstance(e, RadixLMError) else 500
-    # An internal exception's text stays in the server log (the route logs it), not the reply.
-    message = str(e) if isinstance(e, RadixLMError) else INTERNAL_ERROR
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    code = getattr(e, "code", None) or status  # e.g. "model_not_found", as OpenAI sends it
-    param = getattr(e, "param", None)
-    if param is None and isinstance(e, RequestError):
-        param = _param_named(message)
-    err = {"message": message, "type": kind, "param": param, "code": code}
-    return status, {"error": err}
-
-
-# Native names the engine's messages use, as the OpenAI request calls them.
-_OPENAI_NAME = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens",
-                "input_ids": "prompt", "sampling_seed": "seed"}  # fmt: skip
-_LEADING_NAME = re.compile(r"([a-z_]+)\b")
-
-
-def _param_named(message: str) -> str | None:
-    """The OpenAI field an engine-side message starts with (``temperature must be ...``,
-    ``logit_bias key ...``, ``n=65 asks ...``), for the error body's ``param``; else None."""
-    match = _LEADING_NAME.match(message)
-    if match is None:
-        return None
-    name = _OPENAI_NAME.get(match.group(1), match.group(1))
-    return name if name in COMPLETION_FIELDS | CHAT_FIELDS else None
-
-
-def parse_json_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = parse_json_bytes(raw)
-    except RequestError as e:
-        raise OpenAIRequestError(str(e)) from e
-    if not isinstance(body, dict):
-        raise OpenAIRequestError(
-            f"the request body must be a JSON object, got {type(body).__name__}"
-        )
-    return body
-
-
 # ---- field validation --------------------------------------------------------------------
 def _int(body: dict, name: str, lo: int | None = None, hi: int | None = None) -> int | None:
     x = body.get(name)
@@ -201,7 +104,7 @@ def _sampling(body: dict, max_tokens: int | None, context_length: int) -> dict[s
     """The native ``sampling_params`` shared by both endpoints."""
     sp: dict[str, Any] = {"max_new_tokens": context_length if max_tokens is None else max_tokens}
     sp["n"] = _int(body, "n", lo=1) or 1
-    for key in _SAME_NAME + _SGLANG_EXTRAS:
+    for key in SAME_NAME + SGLANG_EXTRAS:
         if body.get(key) is not None:
             sp[key] = body[key]
     seed = _int(body, "seed")

@@ -27,7 +27,7 @@ from radixlm.server.native_request import (
     REFUSED_FIELDS,
     SGLANG_VERSION,
 )
-from radixlm.server.openai_protocol import (
+from radixlm.server.openai_fields import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
     SGLANG_CHAT_DEFAULT_ONLY,

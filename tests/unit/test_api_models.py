@@ -27,12 +27,8 @@ from radixlm.server.native_request import (
     NativeLimits,
     parse_generate,
 )
-from radixlm.server.openai_protocol import (
-    CHAT_FIELDS,
-    COMPLETION_FIELDS,
-    parse_chat_request,
-    parse_completion_request,
-)
+from radixlm.server.openai_fields import CHAT_FIELDS, COMPLETION_FIELDS
+from radixlm.server.openai_protocol import parse_chat_request, parse_completion_request
 from radixlm.tokenizer import load_tokenizer
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {

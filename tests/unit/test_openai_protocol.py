@@ -12,13 +12,8 @@ import pytest
 from radixlm.config import BUNDLED_MODEL
 from radixlm.errors import CapacityError, RequestError
 from radixlm.server.chat_template import TEMPLATES, ChatTemplate, render_chat
-from radixlm.server.openai_protocol import (
-    OpenAIRequestError,
-    error_body,
-    parse_chat_request,
-    parse_completion_request,
-    parse_json_body,
-)
+from radixlm.server.openai_errors import OpenAIRequestError, error_body, parse_json_body
+from radixlm.server.openai_protocol import parse_chat_request, parse_completion_request
 from radixlm.server.openai_results import RequestAbortedError, StreamState, build_response
 from radixlm.tokenizer import load_tokenizer
 
@@ -447,7 +442,6 @@ def test_stream_final_chunk_without_new_text_and_abort(backend):
 def test_engine_errors_name_the_openai_param(message, param):
     """An engine-side 400 (its message starts with the native field) names the OpenAI field."""
     from radixlm.errors import RequestError
-    from radixlm.server.openai_protocol import error_body
 
     status, body = error_body(RequestError(message))
     assert status == 400 and body["error"]["param"] == param
