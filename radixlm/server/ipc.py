@@ -107,3 +107,13 @@ def configure_child_logging(level: str, name: str) -> None:
         level=getattr(logging, level.upper()),
         format=f"%(asctime)s [{name}] %(name)s: %(message)s",
     )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of another process (Linux /proc); 0.0 where unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0

@@ -15,6 +15,7 @@ from typing import Any
 
 from radixlm.entrypoints.request import build_requests
 from radixlm.errors import RequestError
+from radixlm.server.server_errors import ModelNotFound
 
 # The native /generate body covers SGLang's GenerateReqInput field by field, as of this release
 # (tests/fixtures/sglang_schema.json lists every field with its default and its kind here).
@@ -80,14 +81,6 @@ def _same(value: Any, default: Any) -> bool:
     return type(value) is type(default) and value == default
 
 
-class ModelNotServed(RequestError):
-    """``/generate`` with a ``model`` (as sglang-router forwards it) this server does not serve."""
-
-    http_status = 404
-    code = "model_not_found"
-    param = "model"
-
-
 def check_generate_fields(obj: dict[str, Any], models: frozenset[str] | None = None) -> None:
     """The field check: unknown names, SGLang's refused fields, its default-only fields set to
     something else, and ``model``."""
@@ -110,10 +103,7 @@ def check_generate_fields(obj: dict[str, Any], models: frozenset[str] | None = N
         if not isinstance(model, str):
             raise RequestError(f"model must be a string, got {model!r}")
         if models is not None and model not in models:
-            raise ModelNotServed(
-                f"the model {model!r} does not exist on this server; it serves "
-                f"{sorted(models)} (--served-model-name)"
-            )
+            raise ModelNotFound(model, models)
 
 
 # Text prompts longer than this are tokenized in a worker thread, so that /health and the other

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +28,7 @@ from typing import Any
 
 from radixlm.config import EngineConfig
 from radixlm.entrypoints.result import ResultBuilder, status_error
-from radixlm.errors import CapacityError, RadixLMError, RequestError
+from radixlm.errors import RadixLMError, RequestError
 from radixlm.server import codec
 from radixlm.server.dashboard import DashboardHistory
 from radixlm.server.io_struct import (
@@ -43,7 +42,7 @@ from radixlm.server.io_struct import (
     RequestRejected,
     SchedulerReady,
 )
-from radixlm.server.ipc import IpcNames, pull_socket, push_socket
+from radixlm.server.ipc import IpcNames, process_cpu_seconds, pull_socket, push_socket
 from radixlm.server.native_request import (
     OFF_LOOP_CHARS,
     NativeLimits,
@@ -51,30 +50,9 @@ from radixlm.server.native_request import (
     prompt_chars,
 )
 from radixlm.server.options import ServerConfig
+from radixlm.server.server_errors import ModelNotFound, SchedulerUnavailable, ServerDraining
 
 logger = logging.getLogger(__name__)
-
-
-class SchedulerUnavailable(CapacityError):
-    """The scheduler process died or hung, or the server is shutting down (503)."""
-
-
-class ServerDraining(SchedulerUnavailable):
-    """The shutdown drain's deadline passed before the request finished."""
-
-
-class ModelNotFound(RequestError):
-    """An OpenAI request for a model this server does not serve."""
-
-    http_status = 404
-    code = "model_not_found"
-    param = "model"
-
-    def __init__(self, model: Any, served: list[str]) -> None:
-        super().__init__(
-            f"the model {model!r} does not exist on this server; it serves {served} "
-            "(--served-model-name)"
-        )
 
 
 @dataclass
@@ -342,7 +320,7 @@ class TokenizerManager:
         total = time.process_time()
         for child in self.children:
             if child.name == "detokenizer":
-                total += _process_cpu_seconds(child.process.pid)
+                total += process_cpu_seconds(child.process.pid)
         return total
 
     # ---- receive + watchdog --------------------------------------------------------------
@@ -446,13 +424,3 @@ class TokenizerManager:
             prefix_cache_queried_tokens=pc["queried_tokens"],
             prefix_cache_hit_tokens=pc["hit_tokens"],
         )
-
-
-def _process_cpu_seconds(pid: int) -> float:
-    """utime + stime of another process (Linux /proc); 0.0 where unavailable."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0

@@ -48,7 +48,7 @@ class EngineBackend:
 
     def check_model(self, model: Any) -> None:
         if model not in (None, MODEL, "default"):
-            from radixlm.server.tokenizer_manager import ModelNotFound
+            from radixlm.server.server_errors import ModelNotFound
 
             raise ModelNotFound(model, self.model_names)
 
