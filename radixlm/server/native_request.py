@@ -15,7 +15,7 @@ from typing import Any
 
 from radixlm.entrypoints.request import build_requests
 from radixlm.errors import RequestError
-from radixlm.server.server_errors import ModelNotFound
+from radixlm.server.server_errors import check_model
 
 # The native /generate body covers SGLang's GenerateReqInput field by field, as of this release
 # (tests/fixtures/sglang_schema.json lists every field with its default and its kind here).
@@ -81,7 +81,9 @@ def _same(value: Any, default: Any) -> bool:
     return type(value) is type(default) and value == default
 
 
-def check_generate_fields(obj: dict[str, Any], models: frozenset[str] | None = None) -> None:
+def check_generate_fields(
+    obj: dict[str, Any], models: tuple[frozenset[str], list[str]] | None = None
+) -> None:
     """The field check: unknown names, SGLang's refused fields, its default-only fields set to
     something else, and ``model``."""
     known = GENERATE_FIELDS | NULL_ONLY_FIELDS | REFUSED_FIELDS.keys()
@@ -98,12 +100,8 @@ def check_generate_fields(obj: dict[str, Any], models: frozenset[str] | None = N
                 f"field {k!r} is not supported by this server (it is SGLang's; only its "
                 f"default, {json.dumps(DEFAULT_ONLY[k])}, is accepted)"
             )
-    model = obj.get("model")
-    if model is not None:
-        if not isinstance(model, str):
-            raise RequestError(f"model must be a string, got {model!r}")
-        if models is not None and model not in models:
-            raise ModelNotFound(model, models)
+    accepted, served = models if models is not None else (None, ())
+    check_model(obj.get("model"), accepted, served)
 
 
 # Text prompts longer than this are tokenized in a worker thread, so that /health and the other
@@ -119,9 +117,8 @@ class NativeLimits:
     max_token_chars: int  # the longest token's text (vocabulary form: never shorter than decoded)
     max_n: int
     reasoning: Any  # radixlm.server.tool_setup.ReasoningSetup | None
-    # the names a ``model`` field may give (None: any string; the server's are checked by the
-    # OpenAI routes' rule when the tokenizer manager passes them)
-    models: frozenset[str] | None = None
+    # (accepted, served) names for a ``model`` field, the OpenAI routes' rule (None: any string)
+    models: tuple[frozenset[str], list[str]] | None = None
 
     @classmethod
     def for_server(
@@ -131,7 +128,7 @@ class NativeLimits:
         context_length: int,
         max_n: int,
         reasoning: Any,
-        models: frozenset[str] | None = None,
+        models: tuple[frozenset[str], list[str]] | None = None,
     ) -> NativeLimits:
         longest = max((len(t) for t in tokenizer.get_vocab()), default=1) if tokenizer else 1
         return cls(tokenizer, vocab_size, context_length, longest, max_n, reasoning, models)

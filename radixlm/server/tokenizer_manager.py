@@ -28,7 +28,7 @@ from typing import Any
 
 from radixlm.config import EngineConfig
 from radixlm.entrypoints.result import ResultBuilder, status_error
-from radixlm.errors import RadixLMError, RequestError
+from radixlm.errors import RadixLMError
 from radixlm.server import codec
 from radixlm.server.dashboard import DashboardHistory
 from radixlm.server.io_struct import (
@@ -50,7 +50,7 @@ from radixlm.server.native_request import (
     prompt_chars,
 )
 from radixlm.server.options import ServerConfig
-from radixlm.server.server_errors import ModelNotFound, SchedulerUnavailable, ServerDraining
+from radixlm.server.server_errors import SchedulerUnavailable, ServerDraining, check_model
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class TokenizerManager:
             self.context_length,
             engine_config.max_n,
             reasoning,
-            self.accepted_models,  # /generate's "model" (sglang-router forwards it)
+            (self.accepted_models, self.model_names),  # /generate's "model" (sglang-router)
         )
         self.states: dict[str, ReqState] = {}  # by the scheduler-side (unique) request id
         self._seq = 0  # makes scheduler-side request ids unique
@@ -248,10 +248,7 @@ class TokenizerManager:
 
     def check_model(self, model: Any) -> None:
         """An OpenAI ``model`` this server does not serve is a 404 naming the served ones."""
-        if model is not None and not isinstance(model, str):
-            raise RequestError(f"model must be a string, got {type(model).__name__}")
-        if model is not None and model not in self.accepted_models:
-            raise ModelNotFound(model, self.model_names)
+        check_model(model, self.accepted_models, self.model_names)
 
     def check_strict_schema(self, schema: str) -> None:
         """A 400 now, naming each keyword and its JSON pointer, for a JSON schema this server's
