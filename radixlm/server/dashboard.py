@@ -53,10 +53,16 @@ class DashboardHistory:
         self.ttfts.append((now, ttft_s))
         self._trim(now)
 
+    def ttft_percentiles(self, now: float | None = None) -> tuple[float | None, float | None]:
+        """(p50, p99) of the TTFTs of the last minute; None without any."""
+        now = time.time() if now is None else now
+        recent = [v for t, v in self.ttfts if t >= now - 60]
+        return _percentile(recent, 0.5), _percentile(recent, 0.99)
+
     def on_heartbeat(self, stats: dict[str, Any], now: float | None = None) -> None:
         """One scheduler stats snapshot; TTFT percentiles over the last minute ride along."""
         now = time.time() if now is None else now
-        recent = [v for t, v in self.ttfts if t >= now - 60]
+        p50, p99 = self.ttft_percentiles(now)
         self.samples.append(
             {
                 "t": now,
@@ -66,8 +72,8 @@ class DashboardHistory:
                 "gen_throughput": stats.get("gen_throughput", 0.0),
                 "cache_hit_rate": stats.get("cache_hit_rate", 0.0),
                 "token_usage": stats.get("token_usage", 0.0),
-                "ttft_p50": _percentile(recent, 0.5),
-                "ttft_p99": _percentile(recent, 0.99),
+                "ttft_p50": p50,
+                "ttft_p99": p99,
             }
         )
         self._trim(now)
@@ -95,7 +101,7 @@ async def dashboard_data(tm: Any) -> dict[str, Any]:
     free = stats["free_kv_tokens"]
     tree = stats["radix_tree"]
     history = tm.dashboard.series()
-    recent = [v for t, v in tm.dashboard.ttfts if t >= time.time() - 60]
+    p50, p99 = tm.dashboard.ttft_percentiles()
     return {
         "time": time.time(),
         "model": tm.served_model_name,
@@ -126,8 +132,8 @@ async def dashboard_data(tm: Any) -> dict[str, Any]:
             if pc["queried_tokens"]
             else 0.0,
             "gen_throughput": history[-1]["gen_throughput"] if history else 0.0,
-            "ttft_p50": _percentile(recent, 0.5),
-            "ttft_p99": _percentile(recent, 0.99),
+            "ttft_p50": p50,
+            "ttft_p99": p99,
         },
         "history": history,
         "window_seconds": tm.dashboard.window_s,
